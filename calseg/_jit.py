@@ -1,0 +1,24 @@
+"""The one place numba is configured.
+
+Kernels live in ``_kernels.py`` modules and are decorated with :func:`njit` from here, so
+every kernel is cached on disk (a second run does not recompile) and uses the same
+floating-point flags. ``fastmath`` keeps IEEE NaN/inf semantics (no ``nnan``/``ninf``).
+Importing this module imports numba; the CLI must never import it at load time.
+"""
+import numba
+
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def njit(*args, parallel=False, **kwargs):
+    """``numba.njit`` with calseg's flags: ``cache=True``, shared fastmath set, no GIL."""
+    kwargs.setdefault("cache", True)
+    kwargs.setdefault("fastmath", FASTMATH)
+    kwargs.setdefault("nogil", True)
+    kwargs["parallel"] = parallel
+    if args and callable(args[0]) and len(args) == 1:
+        return numba.njit(**kwargs)(args[0])
+    return numba.njit(*args, **kwargs)
+
+
+prange = numba.prange

@@ -1,0 +1,97 @@
+"""Command-line interface: translates options into library calls and errors into exit codes.
+
+Exit codes: 0 success, 1 a data/runtime error (one line on stderr, traceback only with
+``--debug``), 2 a usage error (click's own). Nothing numerical is imported at load time:
+each command imports what it needs when it runs, so ``calseg --help`` stays instant.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from ._version import __version__
+from .errors import CalsegError
+
+log = logging.getLogger("calseg")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """A click group that turns calseg errors into one line and exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CalsegError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"calseg: error: {exc}", err=True)
+            ctx.exit(1)
+        except MemoryError:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo("calseg: error: out of memory (try --max-memory or a smaller tile size)", err=True)
+            ctx.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("calseg: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # a bug: say so in one line unless asked for the traceback
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"calseg: internal error: {type(exc).__name__}: {exc} "
+                       "(rerun with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="calseg")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and debug log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
+@click.pass_context
+def main(ctx, debug, quiet):
+    """calseg: neurons, traces and spikes from calcium-imaging recordings.
+
+    Every result carries a certificate: a bound on its distance from the global optimum of the
+    convex problem behind the factorization.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    ctx.obj["quiet"] = quiet
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.INFO)
+    logging.basicConfig(level=level, format="calseg: %(message)s", stream=sys.stderr)
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# --------------------------------------------------------------------------- info
+# (section owned by the reader work: calseg/io)
+
+# --------------------------------------------------------------------------- simulate
+# (section owned by the simulator work: calseg/simulate.py)
+
+# --------------------------------------------------------------------------- score
+# (section owned by the scorer work: calseg/score.py)
+
+# --------------------------------------------------------------------------- run / certify / deconvolve
+# (section owned by the pipeline work)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
