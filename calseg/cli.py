@@ -89,6 +89,55 @@ def _json_default(o):
 # --------------------------------------------------------------------------- score
 # (section owned by the scorer work: calseg/score.py)
 
+def _json_safe(obj):
+    """Replace NaN/inf floats by None so that --json output is strict JSON."""
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+@main.command("score", context_settings=CONTEXT)
+@click.argument("truth", type=click.Path())
+@click.argument("pred", type=click.Path())
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Neurofinder centre-distance threshold in pixels (match when distance < threshold).")
+@click.option("--iou", "iou_threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              show_default=True, help="Minimum IoU of a pair in the one-to-one IoU matching.")
+@click.option("--truth-spikes", type=click.Path(dir_okay=False),
+              help="Truth spikes CSV (frame,time_s,<id>,...); default TRUTH folder's spikes.csv.")
+@click.option("--pred-spikes", type=click.Path(dir_okay=False),
+              help="Predicted spikes CSV; default PRED folder's spikes.csv.")
+@click.option("--truth-traces", type=click.Path(dir_okay=False),
+              help="Truth traces CSV; default TRUTH folder's traces.csv or calcium.csv.")
+@click.option("--pred-traces", type=click.Path(dir_okay=False),
+              help="Predicted traces CSV; default PRED folder's traces.csv or calcium.csv.")
+@click.option("--bin", "bin_frames", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Sum this many frames per bin before correlating spikes/traces.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def score_cmd(truth, pred, threshold, iou_threshold, truth_spikes, pred_spikes, truth_traces,
+              pred_traces, bin_frames, as_json):
+    """Score PRED neurons against TRUTH: Neurofinder metrics, IoU matching, correlations.
+
+    TRUTH and PRED are each a Neurofinder regions.json, a label-image TIFF (0 = background), or a
+    folder holding regions.json or truth/regions.json (a `calseg simulate` or `calseg run`
+    output); a folder's spikes.csv and traces.csv/calcium.csv are then correlated too.
+    """
+    from .score import format_table, score
+
+    result = score(truth, pred, threshold=threshold, iou_threshold=iou_threshold,
+                   truth_spikes=truth_spikes, pred_spikes=pred_spikes, truth_traces=truth_traces,
+                   pred_traces=pred_traces, bin_frames=bin_frames)
+    if as_json:
+        _echo_json(_json_safe(result))
+    else:
+        click.echo(format_table(result))
+
 # --------------------------------------------------------------------------- run / certify / deconvolve
 # (section owned by the pipeline work)
 
