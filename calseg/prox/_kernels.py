@@ -1,0 +1,195 @@
+"""Numba kernels of the proximal operators (private; called through calseg.prox.tv).
+
+Every kernel writes into preallocated outputs and has a numpy twin in ``tests/reference.py``.
+
+Chains: a "chain" is a 1-D path of pixels in a flat image of ``n`` pixels, given by a start
+index, a stride and a length (rows: stride 1; columns: stride W; diagonals: W + 1; anti-diagonals:
+W - 1). The edges of a chain join consecutive pixels. A "family" is a set of disjoint chains
+(all rows, all columns, ...); the anisotropic grid TV is the sum of its families' chain TVs.
+"""
+import functools
+
+import numpy as np
+
+from calseg._jit import FASTMATH, njit as _calseg_njit, prange
+
+# numba rejects a frozenset for ``fastmath``; pass calseg's flag set as a plain set.
+njit = functools.partial(_calseg_njit, fastmath=set(FASTMATH))
+
+
+@njit
+def tv1d_condat(y, lam, x):
+    """Exact prox of ``lam * sum_k |x_{k+1} - x_k|`` at ``y`` (Condat 2013), written into ``x``.
+
+    ``y`` and ``x`` are 1-D contiguous arrays of the same length (may be the same array:
+    every output index is written after the last read of the same input index).
+    Internal arithmetic is float64.
+
+    Condat, "A direct algorithm for 1-D total variation denoising", IEEE SPL 20(11), 2013,
+    Section III. Variables follow the paper: the current segment starts at ``k0``; ``vmin``/``vmax``
+    bound its value; ``umin``/``umax`` are the running dual values under each hypothesis;
+    ``km``/``kp`` are the last positions where the lower/upper bound was attained.
+    """
+    n = y.shape[0]
+    if n == 0:
+        return
+    if n == 1 or lam <= 0.0:
+        for i in range(n):
+            x[i] = y[i]
+        return
+    lam = np.float64(lam)
+    twolam = 2.0 * lam
+    k = 0
+    k0 = 0
+    km = 0
+    kp = 0
+    vmin = np.float64(y[0]) - lam
+    vmax = np.float64(y[0]) + lam
+    umin = lam
+    umax = -lam
+    while True:
+        # step 2: a segment of one sample at the end of the signal
+        if k == n - 1:
+            x[n - 1] = vmin + umin
+            return
+        # steps 3-6: scan forward
+        while k < n - 1:
+            yk1 = np.float64(y[k + 1])
+            if yk1 + umin < vmin - lam:
+                # negative jump: the segment [k0, km] takes the value vmin
+                for i in range(k0, km + 1):
+                    x[i] = vmin
+                km += 1
+                k = km
+                k0 = km
+                kp = km
+                yk = np.float64(y[k])
+                vmin = yk
+                vmax = yk + twolam
+                umin = lam
+                umax = -lam
+            elif yk1 + umax > vmax + lam:
+                # positive jump: the segment [k0, kp] takes the value vmax
+                for i in range(k0, kp + 1):
+                    x[i] = vmax
+                kp += 1
+                k = kp
+                k0 = kp
+                km = kp
+                yk = np.float64(y[k])
+                vmin = yk - twolam
+                vmax = yk
+                umin = lam
+                umax = -lam
+            else:
+                k += 1
+                yk = np.float64(y[k])
+                umin += yk - vmin
+                umax += yk - vmax
+                if umin >= lam:
+                    vmin += (umin - lam) / (k - k0 + 1)
+                    umin = lam
+                    km = k
+                if umax <= -lam:
+                    vmax += (umax + lam) / (k - k0 + 1)
+                    umax = -lam
+                    kp = k
+        # steps 7-9: the end of the signal was reached
+        if umin < 0.0:
+            for i in range(k0, km + 1):
+                x[i] = vmin
+            km += 1
+            k = km
+            k0 = km
+            yk = np.float64(y[k])
+            vmin = yk
+            umin = lam
+            umax = yk + lam - vmax
+        elif umax > 0.0:
+            for i in range(k0, kp + 1):
+                x[i] = vmax
+            kp += 1
+            k = kp
+            k0 = kp
+            yk = np.float64(y[k])
+            vmax = yk
+            umax = -lam
+            umin = yk - lam - vmin
+        else:
+            v = vmin + umin / (k - k0 + 1)
+            for i in range(k0, n):
+                x[i] = v
+            return
+
+
+@njit(parallel=True)
+def tv1d_rows(Y, lam, X):
+    """Condat 1-D TV prox of every row: ``X[i] = prox_{lam[i] TV}(Y[i])``.
+
+    Y, X : (r, n) C-contiguous, same dtype; lam : (r,) float64.
+    """
+    r = Y.shape[0]
+    for i in prange(r):
+        tv1d_condat(Y[i], lam[i], X[i])
+
+
+@njit(parallel=True)
+def dykstra_mean(Y, D, X):
+    """``X[j] = Y[j] - mean_f D[f, j]`` for every image j (primal point of the family duals).
+
+    Y, X : (r, n); D : (k, r, n).
+    """
+    k = D.shape[0]
+    r, n = Y.shape
+    inv = 1.0 / k
+    for j in prange(r):
+        for p in range(n):
+            s = 0.0
+            for f in range(k):
+                s += D[f, j, p]
+            X[j, p] = Y[j, p] - s * inv
+
+
+@njit(parallel=True)
+def dykstra_family(X, Df, c, k, starts, lengths, stride, maxlen, want_gap, gapbuf):
+    """One family step of parallel Dykstra, in place on ``Df``; optional prox-gap terms.
+
+    For every image j and chain (start, length) of the family: ``z = X[j] + Df[j]`` on the chain,
+    ``p = prox_{k c_j TV_chain}(z)`` (Condat), ``Df[j] = z - p`` on the chain. Before the update,
+    if ``want_gap``, ``gapbuf[j, ch] = sum_e c_j |x_a - x_b| - q_e (x_a - x_b)`` over the chain's
+    edges e = (a, b = next), with the family dual ``q = cumsum(Df[j] on chain) / k``, which
+    satisfies ``|q| <= c_j`` and ``Df = D_f^T (k q)``.
+
+    X : (r, n); Df : (r, n); c : (r,) float64 (images with c == 0 are skipped);
+    starts, lengths : (nch,) int64; gapbuf : (r, nch) float64.
+    """
+    r = X.shape[0]
+    nch = starts.shape[0]
+    for t in prange(r * nch):
+        j = t // nch
+        ch = t - j * nch
+        cj = c[j]
+        if cj <= 0.0:
+            continue
+        s0 = starts[ch]
+        m = lengths[ch]
+        z = np.empty(maxlen, dtype=X.dtype)
+        p = np.empty(maxlen, dtype=X.dtype)
+        if want_gap:
+            g = 0.0
+            u = 0.0
+            xa = np.float64(X[j, s0])
+            for i in range(m - 1):
+                u += np.float64(Df[j, s0 + i * stride])
+                xb = np.float64(X[j, s0 + (i + 1) * stride])
+                dx = xa - xb
+                g += cj * abs(dx) - (u / k) * dx
+                xa = xb
+            gapbuf[j, ch] = g
+        for i in range(m):
+            idx = s0 + i * stride
+            z[i] = X[j, idx] + Df[j, idx]
+        tv1d_condat(z[:m], k * cj, p[:m])
+        for i in range(m):
+            idx = s0 + i * stride
+            Df[j, idx] = z[i] - p[i]
