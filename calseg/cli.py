@@ -83,6 +83,78 @@ def _json_default(o):
 # --------------------------------------------------------------------------- info
 # (section owned by the reader work: calseg/io)
 
+
+@main.command("info", context_settings=CONTEXT)
+@click.argument("movie", nargs=-1, required=True)
+@click.option("--channel", type=click.IntRange(min=0), default=None,
+              help="0-based channel to read when the data hold several.")
+@click.option("--plane", type=click.IntRange(min=0), default=None,
+              help="0-based z-plane to read when the data hold several.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Frame rate in Hz (overrides the file's metadata).")
+@click.option("--pixel-size", "pixel_size", type=click.FloatRange(min=0, min_open=True),
+              default=None, help="Pixel size in µm (overrides the file's metadata).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def info_cmd(movie, channel, plane, fps, pixel_size, as_json):
+    """Describe a recording: shape, type, value range, frame rate, pixel size, sizes.
+
+    MOVIE is a TIFF file, a folder of TIFFs (or with an images/ subfolder), a quoted glob
+    such as 'images/*.tif', or several of these (concatenated in natural order).
+    """
+    from .io.tiff import estimate_run_memory, read_movie, value_range
+
+    items = movie[0] if len(movie) == 1 else list(movie)
+    with read_movie(items, channel=channel, plane=plane, fps=fps, pixel_size=pixel_size) as mv:
+        lo, hi = value_range(mv)
+        mem = estimate_run_memory(mv.shape, stored_itemsize=mv.dtype.itemsize)
+        t, h, w = mv.shape
+        report = {
+            "paths": [str(p) for p in mv.paths], "n_files": len(mv.paths), "format": mv.kind,
+            "shape": [t, h, w], "n_frames": t, "height": h, "width": w,
+            "dtype": str(mv.dtype), "min": lo, "max": hi,
+            "fps": mv.fps, "fps_source": mv.metadata_source.get("fps"),
+            "pixel_size_um": mv.pixel_size,
+            "pixel_size_source": mv.metadata_source.get("pixel_size"),
+            "duration_s": (t / mv.fps) if mv.fps else None,
+            "size_on_disk": mv.size_on_disk, "nbytes": mv.nbytes,
+            "estimated_run_memory": mem["total"],
+            "channel": channel, "plane": plane, "notes": mv.notes,
+        }
+    if as_json:
+        _echo_json(report)
+        return
+
+    def size(n):
+        for unit in ("B", "KB", "MB", "GB", "TB"):
+            if n < 1000 or unit == "TB":
+                return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            n /= 1000.0
+
+    def source(key):
+        s = report[key]
+        return f" (from {s})" if s and s != "argument" else ""
+
+    files = report["paths"][0] if len(report["paths"]) == 1 else (
+        f"{report['n_files']} files: {report['paths'][0]} ... {report['paths'][-1]}")
+    fps_txt = (f"{report['fps']:.4g} Hz{source('fps_source')}" if report["fps"]
+               else "unknown (give --fps)")
+    px_txt = (f"{report['pixel_size_um']:.4g} µm{source('pixel_size_source')}"
+              if report["pixel_size_um"] else "unknown (give --pixel-size)")
+    lines = [
+        ("file", files), ("format", report["format"]),
+        ("shape", f"{t} frames x {h} rows x {w} cols (T, H, W)"),
+        ("dtype", report["dtype"]), ("value range", f"{lo} .. {hi}"),
+        ("frame rate", fps_txt), ("pixel size", px_txt),
+        ("size on disk", size(report["size_on_disk"])), ("data size", size(report["nbytes"])),
+        ("run memory", f"~{size(report['estimated_run_memory'])} (estimate, 1 worker)"),
+    ]
+    if report["duration_s"]:
+        lines.insert(6, ("duration", f"{report['duration_s']:.1f} s"))
+    for note in report["notes"][:5]:
+        lines.append(("note", note))
+    for k, v in lines:
+        click.echo(f"{k + ':':<14}{v}")
+
 # --------------------------------------------------------------------------- simulate
 # (section owned by the simulator work: calseg/simulate.py)
 
