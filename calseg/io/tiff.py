@@ -39,6 +39,9 @@ CHECK_FINITE_AT_OPEN_BYTES = 64 * 2 ** 20
 #: at most this many files are kept open at once by one Movie
 MAX_OPEN_FILES = 16
 _GLOB_CHARS = re.compile(r"[*?\[]")
+#: tifffile log messages that mean the file is damaged (tifffile logs them and carries on)
+_FATAL_TIFFFILE_LOG = re.compile(r"invalid page offset|corrupt|truncat|invalid tag|"
+                                 r"invalid value offset", re.I)
 _UNIT_TO_UM = {
     "nm": 1e-3, "nanometer": 1e-3, "nanometers": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0,
     "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometers": 1.0, "\\u00b5m": 1.0,
@@ -405,11 +408,19 @@ def _analyze(path: Path, channel, plane, *, single: bool) -> _FileInfo:
         raise InputError(f"{path}: not a file")
     if st.st_size < 8:
         raise InputError(f"{path}: not a TIFF file ({st.st_size} bytes)")
-    tf = _open_tifffile(path)
-    try:
-        with _quiet_tifffile() as records:
+    with _quiet_tifffile() as records:
+        tf = _open_tifffile(path)
+        try:
             try:
-                return _analyze_open(tf, path, st, channel, plane, single=single)
+                try:
+                    info = _analyze_open(tf, path, st, channel, plane, single=single)
+                finally:  # a damaged file explains any other complaint: report it first
+                    bad = [r for r in records if _FATAL_TIFFFILE_LOG.search(r.getMessage())]
+                    if bad:
+                        detail = re.sub(r"<tifffile[^>]*>\s*", "", bad[0].getMessage())
+                        detail = " ".join(detail.split())[:200]
+                        raise InputError(f"{path}: truncated or corrupt TIFF ({detail})")
+                return info
             except InputError:
                 raise
             except MemoryError:
@@ -420,8 +431,8 @@ def _analyze(path: Path, channel, plane, *, single: bool) -> _FileInfo:
                 if records:
                     detail += "; " + " ".join(records[-1].getMessage().split())[:200]
                 raise InputError(f"{path}: corrupt or truncated TIFF ({detail})") from None
-    finally:
-        tf.close()
+        finally:
+            tf.close()
 
 
 def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
@@ -467,6 +478,8 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
         if tf.is_bigtiff:
             kind = "BigTIFF " + kind
         shape, axes_all = tuple(series.shape), series.axes
+        if 0 in shape:
+            raise InputError(f"{path}: the TIFF holds zero frames (empty image data)")
         dtype = series.dtype
         if dtype is None:
             raise InputError(f"{path}: unsupported pixel format")
@@ -478,6 +491,8 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
         if len(keep) < 2 or keep[-2][0] != "Y" or keep[-1][0] != "X":
             raise InputError(f"{path}: unsupported image layout (axes {axes_all!r})")
         grid = tuple(n for _, n in keep[:-2])
+        if not grid:
+            kind = "BigTIFF image" if tf.is_bigtiff else "TIFF image"
         axes = "".join(a for a, _ in keep[:-2])
         page_shape = (keep[-2][1], keep[-1][1])
         page_axes = "YX"
@@ -518,11 +533,11 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
     if len(hw) != 2:
         raise InputError(f"{path}: unsupported page layout (axes {page_axes!r})")
     height, width = int(hw[0]), int(hw[1])
+    if height * width == 0 or any(n == 0 for n in grid):
+        raise InputError(f"{path}: the TIFF holds zero frames (empty image data)")
     dtype = np.dtype(dtype)
     if dtype.kind not in "uif":
         raise InputError(f"{path}: unsupported pixel type {dtype} (integer or float needed)")
-    if height * width == 0 or any(n == 0 for n in grid):
-        raise InputError(f"{path}: the TIFF holds zero frames (empty image data)")
     if height * width > MAX_FRAME_PIXELS:
         raise InputError(f"{path}: corrupt TIFF header: it claims {height} x {width} pixel "
                          "frames, larger than any imaging frame")
