@@ -1,0 +1,54 @@
+"""Join the components of all tiles into one set of neurons.
+
+Each tile keeps only components whose centroid lies in its core, so a neuron is normally found
+once. Near a core boundary two tiles can both see the same neuron with centroids that fall on
+either side; such pairs (masks overlapping by more than ``overlap`` of the smaller one and
+calcium traces correlated above ``corr``) are merged by keeping the stronger component.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) == 0 or len(b) == 0:
+        return 0.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / min(len(a), len(b))
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    d = np.sqrt((x @ x) * (y @ y))
+    return float(x @ y / d) if d > 0 else 0.0
+
+
+def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
+                     corr: float = 0.7) -> list:
+    """Remove duplicates found by neighbouring tiles; strongest first order is returned.
+
+    Parameters
+    ----------
+    components : list of Component
+    diameter : float
+        Pairs whose centroids are further apart than one diameter are never compared.
+    """
+    order = sorted(range(len(components)), key=lambda i: -components[i].score)
+    kept: list = []
+    for i in order:
+        c = components[i]
+        dup = False
+        for k in kept:
+            if k.tile == c.tile:
+                continue
+            dy = k.centroid[0] - c.centroid[0]
+            dx = k.centroid[1] - c.centroid[1]
+            if dy * dy + dx * dx > diameter * diameter:
+                continue
+            if _overlap(k.mask, c.mask) > overlap and _corr(k.calcium, c.calcium) > corr:
+                dup = True
+                break
+        if not dup:
+            kept.append(c)
+    return kept

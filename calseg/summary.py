@@ -1,0 +1,211 @@
+"""One streaming pass over a recording: the summary images and signals the pipeline starts from.
+
+Computed in frame batches (memory = a few batches of frames, whatever the recording's length):
+
+* ``mean`` image and per-pixel ``noise`` SD (robust: median absolute frame-to-frame difference,
+  median over batches, divided by 0.6745·√2 — the signal's slow calcium transients barely move it);
+* ``correlation`` image: each pixel's mean correlation with its 8 neighbours, on data high-passed
+  by removing each batch's per-pixel mean (cells light up; neuropil and noise do not);
+* ``peak`` image: the maximum over time of the temporally smoothed, baseline-subtracted data in
+  noise units (cells that fire rarely still show);
+* ``coarse``: block means of every frame on a grid of ``block`` pixels — the neuropil's time
+  courses come from its leading singular vectors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+_MAD_TO_SD = 1.0 / (0.6745 * np.sqrt(2.0))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Summary images of a recording (all (H, W) float32) and coarse block traces (T, nblocks)."""
+
+    mean: np.ndarray
+    noise: np.ndarray
+    correlation: np.ndarray
+    peak: np.ndarray
+    coarse: np.ndarray
+    block: int
+    n_frames: int
+
+    @property
+    def shape(self):
+        return self.mean.shape
+
+
+def _neighbour_shifts():
+    return [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def _shifted_products(X):
+    """Sum over frames of X * X shifted by each of the 8 neighbours (zero outside), (8, H, W)."""
+    T, H, W = X.shape
+    out = np.zeros((8, H, W), dtype=np.float64)
+    for k, (dy, dx) in enumerate(_neighbour_shifts()):
+        ys = slice(max(dy, 0), H + min(dy, 0))
+        yd = slice(max(-dy, 0), H + min(-dy, 0))
+        xs = slice(max(dx, 0), W + min(dx, 0))
+        xd = slice(max(-dx, 0), W + min(-dx, 0))
+        out[k, yd, xd] = np.einsum("tij,tij->ij", X[:, yd, xd], X[:, ys, xs], dtype=np.float64)
+    return out
+
+
+def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: int = 3,
+              progress=None) -> Summary:
+    """Stream ``movie`` once and return its :class:`Summary`.
+
+    Parameters
+    ----------
+    movie : Movie-like
+        Anything with ``shape`` (T, H, W) and ``iter_batches(batch_size, dtype=...)``.
+    block : int
+        Side of the square blocks averaged into ``coarse`` (neuropil estimation).
+    batch_size : int
+        Frames per batch; memory grows with it, results barely do.
+    smooth_frames : int
+        Width of the running mean applied before taking the ``peak`` image.
+    progress : callable(done_frames, total_frames) or None
+    """
+    T, H, W = movie.shape
+    nby, nbx = -(-H // block), -(-W // block)
+    s1 = np.zeros((H, W))
+    s2 = np.zeros((H, W))
+    cross = np.zeros((8, H, W))
+    noise_parts = []
+    peak = np.full((H, W), -np.inf, dtype=np.float32)
+    coarse = np.zeros((T, nby * nbx), dtype=np.float32)
+    pad_y, pad_x = nby * block - H, nbx * block - W
+    counts = np.pad(np.ones((H, W), np.float32), ((0, pad_y), (0, pad_x)))
+    counts = counts.reshape(nby, block, nbx, block).sum(axis=(1, 3)).ravel()
+    batches = []
+    done = 0
+    for start, X in movie.iter_batches(batch_size, dtype=np.float32):
+        X = np.asarray(X, dtype=np.float32)
+        t = X.shape[0]
+        Xp = np.pad(X, ((0, 0), (0, pad_y), (0, pad_x))) if (pad_y or pad_x) else X
+        coarse[start:start + t] = Xp.reshape(t, nby, block, nbx, block).sum(axis=(2, 4)).reshape(t, -1) / counts
+        if t >= 2:
+            noise_parts.append((np.median(np.abs(np.diff(X, axis=0)), axis=0) * _MAD_TO_SD, t))
+        mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        s1 += mu * t
+        Xc = X - mu
+        s2 += np.einsum("tij,tij->ij", Xc, Xc, dtype=np.float64)
+        cross += _shifted_products(Xc)
+        batches.append((start, t, np.median(X, axis=0)))
+        done += t
+        if progress is not None:
+            progress(done, 2 * T)
+    if done == 0:
+        raise ValueError("movie has no frames")
+    mean = (s1 / done).astype(np.float32)
+    if noise_parts:
+        weights = np.array([w for _, w in noise_parts], dtype=np.float64)
+        stack = np.stack([n for n, _ in noise_parts])
+        noise = np.median(stack, axis=0) if len(noise_parts) > 2 else np.average(stack, axis=0, weights=weights)
+    else:
+        noise = np.ones((H, W))
+    noise = np.asarray(noise, dtype=np.float32)
+    floor = max(float(np.median(noise)) * 1e-3, 1e-6)
+    noise = np.maximum(noise, floor)
+
+    # local correlation from the high-passed second moments
+    sd = np.sqrt(np.maximum(s2, 0))
+    corr_sum = np.zeros((H, W))
+    n_nb = np.zeros((H, W))
+    for k, (dy, dx) in enumerate(_neighbour_shifts()):
+        ys = slice(max(dy, 0), H + min(dy, 0))
+        yd = slice(max(-dy, 0), H + min(-dy, 0))
+        xs = slice(max(dx, 0), W + min(dx, 0))
+        xd = slice(max(-dx, 0), W + min(-dx, 0))
+        denom = sd[yd, xd] * sd[ys, xs]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c = np.where(denom > 0, cross[k, yd, xd] / denom, 0.0)
+        corr_sum[yd, xd] += c
+        n_nb[yd, xd] += 1
+    correlation = (corr_sum / np.maximum(n_nb, 1)).astype(np.float32)
+
+    # second pass for the peak image needs baselines: reuse per-batch medians (no re-read of data
+    # beyond one more streaming pass, which also keeps memory bounded)
+    k = max(int(smooth_frames), 1)
+    kernel = np.ones(k, dtype=np.float32) / k
+    base = np.median(np.stack([b for _, _, b in batches]), axis=0).astype(np.float32)
+    for start, X in movie.iter_batches(batch_size, dtype=np.float32):
+        Xs = ndimage.convolve1d(np.asarray(X, np.float32), kernel, axis=0, mode="nearest")
+        np.maximum(peak, ((Xs - base) / noise).max(axis=0), out=peak)
+        done += X.shape[0]
+        if progress is not None:
+            progress(done, 2 * T)
+    return Summary(mean=mean, noise=noise, correlation=correlation, peak=peak, coarse=coarse,
+                   block=block, n_frames=T)
+
+
+def neuropil_atoms(summary: Summary, n_atoms: int, *, min_spread: float = 0.5) -> np.ndarray:
+    """Leading temporal components of the coarse block traces that are spread across the field.
+
+    A component is kept only if its spatial loading is spread over at least ``min_spread`` of the
+    blocks (participation ratio), so that a single bright neuron never becomes "background".
+
+    Returns
+    -------
+    ndarray of shape (T, k), k <= n_atoms, unit-norm columns (float64)
+    """
+    C = summary.coarse.astype(np.float64)
+    T, nb = C.shape
+    if n_atoms <= 0 or nb < 4 or T < 4:
+        return np.zeros((T, 0))
+    C = C - C.mean(axis=0)
+    sd = C.std(axis=0)
+    C = C / np.where(sd > 0, sd, 1.0)
+    U, s, Vt = np.linalg.svd(C, full_matrices=False)
+    keep = []
+    for i in range(min(n_atoms, len(s))):
+        v2 = Vt[i] ** 2
+        pr = v2.sum() ** 2 / max((v2 ** 2).sum(), 1e-300) / nb
+        if pr >= min_spread:
+            keep.append(U[:, i])
+    if not keep:
+        return np.zeros((T, 0))
+    return np.stack(keep, axis=1)
+
+
+def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: Summary | None = None,
+                 max_frames: int = 5000) -> float:
+    """Estimate the calcium decay time (s) from the autocovariance of the most active pixels.
+
+    For an AR(1) calcium process plus white noise, the autocovariance at lags k >= 1 is
+    c·γ^k, so γ = acov(2)/acov(1) free of the noise; the median over the ``n_pixels`` pixels of
+    highest local correlation (or over the given traces) is returned as τ = −1/(fps·ln γ),
+    clamped to [0.05, 5] s.
+    """
+    if isinstance(movie_or_traces, np.ndarray) and movie_or_traces.ndim == 2:
+        traces = movie_or_traces.astype(np.float64)
+    else:
+        movie = movie_or_traces
+        T, H, W = movie.shape
+        score = summary.correlation if summary is not None else np.ones((H, W))
+        flat = np.argsort(score.ravel())[::-1][:n_pixels]
+        ys, xs = np.unravel_index(flat, (H, W))
+        stop = min(T, max_frames)
+        cols = []
+        for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32):
+            cols.append(X[:, ys, xs])
+        traces = np.concatenate(cols, axis=0).astype(np.float64)
+    traces = traces[np.all(np.isfinite(traces), axis=1)]
+    traces = traces - traces.mean(axis=0)
+    g = []
+    for j in range(traces.shape[1]):
+        x = traces[:, j]
+        c1 = np.dot(x[1:], x[:-1])
+        c2 = np.dot(x[2:], x[:-2])
+        if c1 > 0 and c2 > 0 and c2 < c1:
+            g.append(c2 / c1)
+    if not g:
+        return float(np.clip(1.0, 0.05, 5.0))
+    gamma = float(np.median(g))
+    tau = -1.0 / (fps * np.log(gamma))
+    return float(np.clip(tau, 0.05, 5.0))

@@ -1,0 +1,206 @@
+"""Factorize one tile of a recording into components.
+
+A tile reads only its own pixels (all frames), normalises every pixel to unit noise, builds the
+background dictionary (slow Fourier atoms + the recording's neuropil time courses), starts the
+factorization from the seeds inside its window and returns the components whose centroid lies in
+its core, in global coordinates, with everything the outputs need.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from .patches import Tile
+
+
+@dataclass(frozen=True)
+class TileContext:
+    """What every tile shares (small, picklable): global summaries and solver settings."""
+
+    noise: np.ndarray          # (H, W) per-pixel noise SD of the raw data
+    mean: np.ndarray           # (H, W) mean image
+    seeds: np.ndarray          # (n, 2) global (row, col)
+    neuropil: np.ndarray       # (T, k) global neuropil time courses (unit norm)
+    diameter: float
+    fps: float
+    tau: float
+    rise: float | None
+    lam: float
+    spatial: tuple
+    temporal: tuple
+    n_background: int
+    connectivity: int
+    max_iter: int
+    tol: float
+    certify: bool
+    grow_rank: bool
+    max_grow: int
+    certificate_tol: float
+    mask_threshold: float
+    min_area: float
+    max_area: float
+    seed: int = 0
+
+
+@dataclass
+class Component:
+    """One neuron found in a tile, in global coordinates."""
+
+    pixels: np.ndarray          # (k,) flat global pixel indices of the footprint's support
+    weights: np.ndarray         # (k,) footprint values there, raw (fluorescence) units per unit calcium
+    mask: np.ndarray            # (m,) flat global pixel indices of the mask
+    calcium: np.ndarray         # (T,) D a: calcium in units of the footprint
+    spikes: np.ndarray          # (T,) a / n: calcium increments per frame
+    centroid: tuple[float, float]
+    score: float                # ||A_i||_A ||Z_i||_Z
+    snr: float
+    baseline: float             # F0: mean background fluorescence under the mask
+    tile: int
+
+
+@dataclass
+class TileResult:
+    tile: Tile
+    components: list[Component]
+    certificate: dict | None
+    info: dict = field(default_factory=dict)
+
+
+def background_dictionary(n_frames: int, n_fourier: int, neuropil: np.ndarray) -> np.ndarray:
+    """Orthonormal (T, k) background atoms: slow Fourier atoms plus neuropil time courses."""
+    from .model.background import fourier_background
+
+    parts = []
+    if n_fourier > 0:
+        parts.append(fourier_background(n_frames, n_fourier))
+    if neuropil is not None and neuropil.shape[1] > 0:
+        parts.append(np.asarray(neuropil, dtype=np.float64))
+    if not parts:
+        return np.zeros((n_frames, 0))
+    F = np.concatenate(parts, axis=1)
+    Q, R = np.linalg.qr(F)
+    keep = np.abs(np.diag(R)) > 1e-8 * max(np.abs(np.diag(R)).max(), 1e-300)
+    return Q[:, keep]
+
+
+def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
+    """Factorize one tile of ``movie`` (see module docstring)."""
+    from .factorize import factorize
+    from .model.temporal import DecayOperator
+    from .seeds import init_factors
+
+    t0 = time.perf_counter()
+    h, w = tile.shape
+    Y = movie.read(rows=tile.rows, cols=tile.cols, dtype=np.float32)
+    T = Y.shape[0]
+    sigma = ctx.noise[tile.rows, tile.cols].astype(np.float32)
+    mu = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
+    Yn = ((Y - mu) / sigma).reshape(T, h * w)
+    del Y
+    t_read = time.perf_counter() - t0
+
+    op = DecayOperator.from_tau(T, ctx.tau, ctx.fps, rise=ctx.rise)
+    F = background_dictionary(T, ctx.n_background, ctx.neuropil)
+
+    inside = ((ctx.seeds[:, 0] >= tile.y0) & (ctx.seeds[:, 0] < tile.y1)
+              & (ctx.seeds[:, 1] >= tile.x0) & (ctx.seeds[:, 1] < tile.x1)) if len(ctx.seeds) else np.zeros(0, bool)
+    local = ctx.seeds[inside] - np.array([tile.y0, tile.x0]) if np.any(inside) else np.zeros((0, 2), int)
+    # the data with the background projected out, for the initial factors
+    Yr = Yn - (F @ (F.T @ Yn)).astype(np.float32) if F.shape[1] else Yn
+    A0, Z0 = init_factors(Yr, (h, w), local, ctx.diameter, op.gamma, op.col_norms)
+    del Yr
+    A0, Z0 = _rescale(Yn, op, F, A0, Z0)
+
+    fact = factorize(
+        Yn, (h, w), lam=ctx.lam, spatial=ctx.spatial, temporal=ctx.temporal, nonnegative=True,
+        operator=op, background=F, init=(A0, Z0), connectivity=ctx.connectivity,
+        max_iter=ctx.max_iter, tol=ctx.tol, certify=ctx.certify, grow_rank=ctx.grow_rank,
+        max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed)
+    t_fact = time.perf_counter() - t0 - t_read
+
+    comps = _components(tile, fact, op, sigma, mu, ctx)
+    cert = fact.certificate.to_dict() if getattr(fact, "certificate", None) is not None else None
+    info = {"tile": tile.index, "window": [tile.y0, tile.y1, tile.x0, tile.x1], "seeds": int(len(local)),
+            "rank": int(fact.A.shape[1]), "kept": len(comps), "n_iter": int(fact.n_iter),
+            "stop_reason": fact.stop_reason, "objective": float(fact.objective),
+            "seconds_read": t_read, "seconds_factorize": t_fact,
+            "seconds": time.perf_counter() - t0}
+    return TileResult(tile=tile, components=comps, certificate=cert, info=info)
+
+
+def _rescale(Yn, op, F, A, Z):
+    """Scale each initial column pair to its least-squares amplitude and balance the two norms."""
+    if A.shape[1] == 0:
+        return A, Z
+    DA = op.apply(A.astype(np.float64))
+    if F.shape[1]:
+        DA = DA - F @ (F.T @ DA)
+    num = np.einsum("tk,tk->k", DA, (Yn @ Z.astype(np.float32)).astype(np.float64))
+    den = (DA * DA).sum(axis=0) * (Z.astype(np.float64) ** 2).sum(axis=0)
+    s = np.where(den > 0, np.maximum(num, 0) / np.maximum(den, 1e-300), 0.0)
+    na = np.linalg.norm(A, axis=0) * np.sqrt(s)
+    nz = np.linalg.norm(Z, axis=0) * np.sqrt(s)
+    keep = s > 0
+    bal = np.where(keep & (na > 0) & (nz > 0), np.sqrt(np.maximum(nz, 1e-300) / np.maximum(na, 1e-300)), 0.0)
+    A = (A * (np.sqrt(s) * bal)).astype(A.dtype)
+    Z = (Z * (np.sqrt(s) / np.where(bal > 0, bal, 1.0))).astype(Z.dtype)
+    return A[:, keep], Z[:, keep]
+
+
+def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext) -> list[Component]:
+    h, w = tile.shape
+    H, W = ctx.noise.shape
+    A = np.asarray(fact.A, dtype=np.float64)
+    Z = np.asarray(fact.Z, dtype=np.float64)
+    if A.shape[1] == 0:
+        return []
+    from .prox.composite import CompositeNorm
+
+    tnorm = CompositeNorm(*ctx.temporal, nonnegative=True)
+    snorm = CompositeNorm(*ctx.spatial, nonnegative=True, image_shape=(h, w), connectivity=ctx.connectivity)
+    scores = tnorm.value(A) * snorm.value(Z)
+    C = op.apply(A)  # (T, r) calcium in normalised units
+    sig = sigma.astype(np.float64).ravel()
+    # background level per pixel: the mean image minus the mean of every component's contribution
+    contrib = (Z * sig[:, None]) @ C.mean(axis=0)
+    base_img = mu.astype(np.float64).ravel() - contrib
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = []
+    for i in range(A.shape[1]):
+        z = Z[:, i]
+        if not np.any(z > 0) or not np.any(A[:, i] > 0):
+            continue
+        img = z.reshape(h, w)
+        mask = img >= ctx.mask_threshold * img.max()
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        if n > 1:  # keep the connected piece holding most of the footprint's weight
+            sums = ndimage.sum(img, lab, index=np.arange(1, n + 1))
+            mask = lab == (1 + int(np.argmax(sums)))
+        area = int(mask.sum())
+        if area < ctx.min_area or area > ctx.max_area:
+            continue
+        wts = img * mask
+        cy = float((yy * wts).sum() / wts.sum()) + tile.y0
+        cx = float((xx * wts).sum() / wts.sum()) + tile.x0
+        if not tile.owns(cy, cx):
+            continue
+        raw_w = (z * sig)  # raw units per unit calcium
+        m = mask.ravel()
+        amp = float(raw_w[m].mean())
+        baseline = float(base_img[m].mean())
+        sup = np.flatnonzero(z > 0)
+        gy, gx = np.divmod(sup, w)
+        gpix = (gy + tile.y0) * W + (gx + tile.x0)
+        my, mx = np.divmod(np.flatnonzero(m), w)
+        gmask = (my + tile.y0) * W + (mx + tile.x0)
+        calcium = C[:, i] * amp
+        spikes = A[:, i] / op.col_norms * amp
+        snr = float(C[:, i].max() * np.linalg.norm(z))
+        out.append(Component(pixels=gpix.astype(np.int64), weights=raw_w[sup].astype(np.float32),
+                             mask=gmask.astype(np.int64), calcium=calcium.astype(np.float32),
+                             spikes=spikes.astype(np.float32), centroid=(cy, cx),
+                             score=float(scores[i]), snr=snr, baseline=baseline, tile=tile.index))
+    return out
