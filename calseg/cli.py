@@ -213,6 +213,186 @@ def score_cmd(truth, pred, threshold, iou_threshold, truth_spikes, pred_spikes, 
 # --------------------------------------------------------------------------- run / certify / deconvolve
 # (section owned by the pipeline work)
 
+class _Progress:
+    """Progress on stderr: a rewriting line on a terminal, sparse plain log lines otherwise."""
+
+    def __init__(self, quiet: bool):
+        import time
+
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.last = {}
+        self.clock = time.monotonic
+
+    def __call__(self, stage, done, total):
+        if self.quiet:
+            return
+        now = self.clock()
+        if self.tty:
+            pct = 100.0 * done / max(total, 1)
+            sys.stderr.write(f"\rcalseg: {stage:<8} {done}/{total} ({pct:4.0f}%)")
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif done >= total or now - self.last.get(stage, 0) >= 10:
+            self.last[stage] = now
+            log.info("%s %d/%d", stage, done, total)
+
+
+def _diameter(text):
+    """'12' -> (12.0, 'px'); '15um' / '15µm' -> (15.0, 'um')."""
+    t = str(text).strip().lower().replace("µ", "u")
+    unit = "px"
+    for suffix, u in (("um", "um"), ("px", "px")):
+        if t.endswith(suffix):
+            t, unit = t[: -len(suffix)], u
+    try:
+        return float(t), unit
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a diameter (e.g. 12, 12px or 15um)") from None
+
+
+_RUN_OPTIONS = [
+    # (cli name, settings key, click kwargs)
+    ("--fps", "fps", dict(type=float, help="Frame rate in Hz (default: from the TIFF metadata).")),
+    ("--cell-diameter", "cell_diameter", dict(type=str, help="Typical soma diameter: pixels (12) or µm (15um, needs a pixel size). Default 12 px.")),
+    ("--pixel-size", "pixel_size", dict(type=float, help="µm per pixel (default: from the metadata).")),
+    ("--indicator", "indicator", dict(type=str, help="Calcium indicator preset (gcamp6s, gcamp6f, gcamp7f, gcamp8m, ogb1, ...) setting the decay.")),
+    ("--tau", "tau", dict(type=float, help="Calcium decay time in seconds (default: indicator, else estimated).")),
+    ("--rise", "rise", dict(type=float, help="Calcium rise time in seconds (default: indicator, else none).")),
+    ("--lam", "lam", dict(type=float, help="Regularisation λ in noise SDs (default: automatic).")),
+    ("--lam-scale", "lam_scale", dict(type=float, help="Multiply the automatic λ (lower finds dimmer cells).")),
+    ("--tile-size", "tile_size", dict(type=int, help="Tile side in pixels (default: 6 cell diameters).")),
+    ("--tile-overlap", "tile_overlap", dict(type=int, help="Tile overlap in pixels (default: 1.5 diameters).")),
+    ("--workers", "workers", dict(type=int, help="Worker processes for tiles (default: all cores).")),
+    ("--max-iter", "max_iter", dict(type=int, help="Solver iteration budget per tile.")),
+    ("--channel", "channel", dict(type=int, help="Channel to use in multi-channel data (0-based).")),
+    ("--plane", "plane", dict(type=int, help="Plane to use in multi-plane data (0-based).")),
+    ("--seed", "seed", dict(type=int, help="Random seed.")),
+]
+
+
+def _run_options(f):
+    for name, _key, kw in reversed(_RUN_OPTIONS):
+        f = click.option(name, default=None, **kw)(f)
+    f = click.option("--certify/--no-certify", "certify", default=None,
+                     help="Compute the optimality certificate (default on).")(f)
+    f = click.option("--grow/--no-grow", "grow_rank", default=None,
+                     help="Add neurons the certificate finds missing (default on).")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                     help="Settings file (TOML); command-line options override it.")(f)
+    return f
+
+
+def _settings_from(config_path, options):
+    from .config import Settings
+
+    settings = Settings.from_toml(config_path) if config_path else Settings()
+    changes = {}
+    for _name, key, _kw in _RUN_OPTIONS:
+        if options.get(key) is not None:
+            changes[key] = options[key]
+    for key in ("certify", "grow_rank"):
+        if options.get(key) is not None:
+            changes[key] = options[key]
+    if "cell_diameter" in changes:
+        changes["cell_diameter"], changes["diameter_unit"] = _diameter(changes["cell_diameter"])
+    return settings.replace(**changes) if changes else settings.validated()
+
+
+@main.command("run", context_settings=CONTEXT)
+@click.argument("movie", nargs=-1, required=True)
+@click.option("-o", "--output", "out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (written atomically).")
+@_run_options
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@click.pass_context
+def run_cmd(ctx, movie, out, config_path, force, as_json, **options):
+    """Find the neurons of MOVIE and write masks, traces, spikes and a certificate to OUT.
+
+    MOVIE is a TIFF (multi-page, BigTIFF, ImageJ, OME, ScanImage), a folder of single-frame TIFFs,
+    several files or a glob, concatenated in natural order.
+    """
+    import time
+
+    from .io.outputs import ResultFolder
+    from .io.tiff import read_movie
+
+    settings = _settings_from(config_path, options)
+    ResultFolder(out, force=force).check()  # fail before any work
+    t0 = time.perf_counter()
+    paths = list(movie) if len(movie) > 1 else movie[0]
+    mov = read_movie(paths, channel=settings.channel, plane=settings.plane,
+                     fps=settings.fps, pixel_size=settings.pixel_size)
+    from .pipeline import fingerprint, segment, write_result
+
+    result = segment(mov, settings, progress=_Progress(ctx.obj.get("quiet")))
+    extra = {"input": {"paths": [str(p) for p in mov.paths], "shape": list(mov.shape), "dtype": str(mov.dtype),
+                       **fingerprint(mov.paths)},
+             "wall_seconds": time.perf_counter() - t0}
+    write_result(result, out, force=force, extra_info=extra)
+    cert = result.certificate
+    summary = {"output": str(out), "n_neurons": result.n_neurons, "certificate": cert.get("status"),
+               "relative_gap": cert.get("relative_gap"), "seconds": round(time.perf_counter() - t0, 2)}
+    if as_json:
+        _echo_json(summary)
+    elif not ctx.obj.get("quiet"):
+        gap = cert.get("relative_gap")
+        gap_txt = f", relative gap {gap:.3g}" if gap is not None else ""
+        click.echo(f"{result.n_neurons} neurons -> {out} (certificate: {cert.get('status')}{gap_txt}; "
+                   f"{summary['seconds']} s)")
+
+
+@main.command("deconvolve", context_settings=CONTEXT)
+@click.argument("traces", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),
+              help="Spikes CSV to write (same columns as the input).")
+@click.option("--fps", type=float, required=True, help="Frame rate of the traces (Hz).")
+@click.option("--tau", type=float, default=None, help="Decay time (s); default: indicator, else estimated per trace.")
+@click.option("--rise", type=float, default=None, help="Rise time (s).")
+@click.option("--indicator", type=str, default=None, help="Indicator preset setting tau/rise.")
+@click.option("--lam", type=float, default=None, help="λ in noise SDs (default 0.6).")
+@click.option("--force", is_flag=True, help="Overwrite OUT.")
+@click.pass_context
+def deconvolve_cmd(ctx, traces, out, fps, tau, rise, indicator, lam, force):
+    """Infer spikes from TRACES.csv (one column per neuron) with calseg's temporal model.
+
+    A first column named 'frame' and a 'time_s' column, as calseg writes them, are kept as they are.
+    """
+    from pathlib import Path
+
+    from .config import INDICATORS
+    from .deconvolve import DEFAULT_DECONV_LAM, deconvolve
+    from .errors import ConfigError, OutputError
+    from .io.tables import read_csv_table, write_csv_table
+
+    if indicator is not None:
+        key = indicator.lower()
+        if key not in INDICATORS:
+            raise ConfigError(f"--indicator {indicator!r} is unknown; known: {', '.join(sorted(INDICATORS))}")
+        tau = INDICATORS[key][0] if tau is None else tau
+        rise = INDICATORS[key][1] if rise is None else rise
+    if Path(out).exists() and not force:
+        raise OutputError(f"{out}: exists (use --force to overwrite)")
+    table = read_csv_table(traces)
+    spikes, _ = deconvolve(table.values, fps, tau=tau, rise=rise,
+                           lam=DEFAULT_DECONV_LAM if lam is None else lam)
+    write_csv_table(out, table.with_values(spikes))
+    if not ctx.obj.get("quiet"):
+        click.echo(f"{spikes.shape[1]} traces deconvolved -> {out}")
+
+
+@main.command("config", context_settings=CONTEXT)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Check this settings file and print it merged with the defaults.")
+def config_cmd(config_path):
+    """Print calseg's settings as TOML (the defaults, or a checked settings file)."""
+    from .config import Settings
+
+    settings = Settings.from_toml(config_path) if config_path else Settings()
+    click.echo(settings.to_toml(), nl=False)
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
