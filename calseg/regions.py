@@ -266,17 +266,18 @@ def label_image(regions: Regions, shape=None) -> np.ndarray:
 
 
 def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc})") from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -304,7 +305,7 @@ def write_regions_json(path, regions: Regions, *, with_ids: bool = True) -> None
         item["coordinates"] = c.tolist()
         items.append(item)
     text = json.dumps(items, separators=(",", ":")).encode("utf-8")
-    _atomic_write(Path(path), lambda f: f.write(text))
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(text))
 
 
 def write_label_tiff(path, regions: Regions, shape=None) -> None:
@@ -312,4 +313,4 @@ def write_label_tiff(path, regions: Regions, shape=None) -> None:
     import tifffile
 
     labels = label_image(regions, shape)
-    _atomic_write(Path(path), lambda f: tifffile.imwrite(f, labels))
+    _atomic_write(Path(path), lambda tmp: tifffile.imwrite(tmp, labels))
