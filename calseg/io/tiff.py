@@ -414,12 +414,13 @@ def _analyze(path: Path, channel, plane, *, single: bool) -> _FileInfo:
             try:
                 try:
                     info = _analyze_open(tf, path, st, channel, plane, single=single)
-                finally:  # a damaged file explains any other complaint: report it first
-                    bad = [r for r in records if _FATAL_TIFFFILE_LOG.search(r.getMessage())]
-                    if bad:
-                        detail = re.sub(r"<tifffile[^>]*>\s*", "", bad[0].getMessage())
-                        detail = " ".join(detail.split())[:200]
-                        raise InputError(f"{path}: truncated or corrupt TIFF ({detail})")
+                except InputError as exc:
+                    if "corrupt" in str(exc):
+                        raise
+                    _raise_if_damaged(path, records)
+                    raise
+                # a damaged file explains any other complaint: report it first
+                _raise_if_damaged(path, records)
                 return info
             except InputError:
                 raise
@@ -433,6 +434,14 @@ def _analyze(path: Path, channel, plane, *, single: bool) -> _FileInfo:
                 raise InputError(f"{path}: corrupt or truncated TIFF ({detail})") from None
         finally:
             tf.close()
+
+
+def _raise_if_damaged(path, records):
+    bad = [r for r in records if _FATAL_TIFFFILE_LOG.search(r.getMessage())]
+    if bad:
+        detail = re.sub(r"<tifffile[^>]*>\s*", "", bad[0].getMessage())
+        detail = " ".join(detail.split())[:200]
+        raise InputError(f"{path}: truncated or corrupt TIFF ({detail})")
 
 
 def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
