@@ -67,13 +67,34 @@ def test_multipage_exact_values(tmp_path, rng, dtype, bigtiff):
         np.testing.assert_array_equal(f32, a[2:5].astype(np.float32))
 
 
-@pytest.mark.parametrize("compression", [None, "zlib"])
-def test_batches_and_tiles_equal_imread(tmp_path, rng, compression):
+def _write_pagewise(path, a, **kwargs):
+    with tifffile.TiffWriter(path) as w:
+        for frame in a:
+            w.write(frame, contiguous=False, metadata=None, **kwargs)
+
+
+@pytest.mark.parametrize("layout, mode", [
+    ("contiguous", "memmap"), ("big-endian", "memmap"), ("pagewise", "offsets"),
+    ("pagewise big-endian", "offsets"), ("zlib", "pages")])
+def test_batches_and_tiles_equal_imread(tmp_path, rng, layout, mode):
     a = _random(rng, (23, 20, 24), np.uint16)
     path = tmp_path / "m.tif"
-    tifffile.imwrite(path, a, compression=compression, metadata=None)
+    if layout == "contiguous":
+        tifffile.imwrite(path, a, metadata=None)
+    elif layout == "big-endian":
+        tifffile.imwrite(path, a, byteorder=">")
+    elif layout == "pagewise":
+        _write_pagewise(path, a)
+    elif layout == "pagewise big-endian":
+        with tifffile.TiffWriter(path, byteorder=">") as w:
+            for frame in a:
+                w.write(frame, contiguous=False, metadata=None)
+    else:
+        tifffile.imwrite(path, a, compression="zlib", metadata=None)
     ref = tifffile.imread(path)
+    np.testing.assert_array_equal(ref, a)
     m = read_movie(path)
+    assert m._sources[0].mode == mode  # the read path under test
     rows, cols = slice(3, 11), slice(7, 24)
     np.testing.assert_array_equal(m.read(4, 19, rows=rows, cols=cols), ref[4:19, rows, cols])
     np.testing.assert_array_equal(m.read(-5), ref[-5:])
@@ -262,6 +283,24 @@ def test_folder_of_single_frames_neurofinder_layout(tmp_path, rng):
         np.testing.assert_array_equal(m.read(), a)
         np.testing.assert_array_equal(m.read(5, 11, rows=slice(2, 7)), a[5:11, 2:7])
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(m)).read(9), a[9:])
+
+
+def test_many_files_few_handles(tmp_path, rng, monkeypatch):
+    import calseg.io.tiff as tiff
+
+    monkeypatch.setattr(tiff, "MAX_OPEN_FILES", 2)
+    a = _random(rng, (9, 5, 6), np.float32)
+    for i, frame in enumerate(a):
+        if i % 2:
+            tifffile.imwrite(tmp_path / f"f{i}.tif", frame, compression="zlib")
+        else:
+            tifffile.imwrite(tmp_path / f"f{i}.tif", frame)
+    m = read_movie(tmp_path)
+    for _ in range(2):
+        np.testing.assert_array_equal(m.read(cols=slice(1, 4)), a[:, :, 1:4])
+        assert len(m._handles) <= 2
+    m.close()
+    assert len(m._handles) == 0
 
 
 def test_glob_and_list_in_natural_order(tmp_path, rng):
@@ -494,7 +533,7 @@ def test_shared_data_loads_through_info(shared_data):
 
 def test_cli_import_is_light():
     code = ("import sys, calseg.cli; "
-            "bad = [m for m in ('numba', 'tifffile', 'numpy', 'calseg.io.tiff') "
+            "bad = [m for m in ('numba', 'tifffile', 'calseg.io.tiff') "
             "if m in sys.modules]; print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

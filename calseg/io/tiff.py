@@ -67,8 +67,10 @@ class _Source:
 
     ``pages`` maps frame ``t`` of this file to a page index: ``base + t * step`` when ``index``
     is None, else ``index[t]``. In ``memmap`` mode the page index addresses a ``(n_pages, H, W)``
-    memory map starting at ``offset``; in ``pages`` mode it indexes the pages of tifffile series
-    ``series`` (or the file's page list when ``series`` is None).
+    memory map starting at ``offset``; in ``offsets`` mode (uncompressed pages separated by
+    IFDs) page ``i`` is the ``(H, W)`` block at byte ``offsets[i]`` of a memory-mapped file; in
+    ``pages`` mode it indexes the pages of tifffile series ``series`` (or the file's page list
+    when ``series`` is None) and tifffile decodes them.
     """
 
     path: str
@@ -86,6 +88,7 @@ class _Source:
     series: int | None = 0
     file_size: int = 0
     mtime_ns: int = 0
+    offsets: np.ndarray | None = None  # per-page data offsets ("offsets" mode)
 
     def page_indices(self, t0: int, t1: int):
         """Page indices of local frames ``t0:t1`` as a slice (arithmetic) or an int array."""
@@ -436,6 +439,21 @@ def _analyze(path: Path, channel, plane, *, single: bool) -> _FileInfo:
             tf.close()
 
 
+def _page_offsets(pages, bits: int) -> np.ndarray | None:
+    """Data offset of every page when each is stored uncompressed in one piece, else None."""
+    if len(pages) > 1_000_000:
+        return None
+    out = np.empty(len(pages), dtype=np.int64)
+    for i, pg in enumerate(pages):
+        if pg is None or len(pg.dataoffsets) == 0:
+            return None
+        key = pg.keyframe if pg.keyframe is not None else pg
+        if not (pg.is_final and key.compression == 1 and key.bitspersample == bits):
+            return None
+        out[i] = pg.dataoffsets[0]
+    return out
+
+
 def _raise_if_damaged(path, records):
     bad = [r for r in records if _FATAL_TIFFFILE_LOG.search(r.getMessage())]
     if bad:
@@ -474,6 +492,7 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
         dtype = page.dtype
         offset = None
         pages_for_check = [tf.pages.first, tf.pages[used - 1]]
+        page_list = lambda: tf.pages[:used]  # noqa: E731
         memmappable = False
     else:
         series = tf.series[0]
@@ -534,6 +553,7 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
             pages_for_check = [series.pages[0], series.pages[n_pages - 1]]
         else:
             pages_for_check = []
+        page_list = lambda: [series[i] for i in range(n_pages)]  # noqa: E731
 
     if "S" in page_axes and page_shape[page_axes.index("S")] > 1:
         raise InputError(f"{path}: RGB/colour data ({page_shape[page_axes.index('S')]} samples "
@@ -555,6 +575,7 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
     n_pages = int(np.prod(grid, dtype=np.int64)) if grid else 1
     file_dtype = dtype.newbyteorder(tf.byteorder)
     frame_bytes = height * width * dtype.itemsize
+    offsets = None
     if memmappable:
         need = offset + n_pages * frame_bytes
         if need > st.st_size:
@@ -572,12 +593,19 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
                                  f"ends past the end of the {_fmt_bytes(st.st_size)} file)")
         mode = "pages"
         offset = 0
+        offsets = _page_offsets(page_list(), dtype.itemsize * 8)
+        if offsets is not None:
+            if int(offsets.max()) + frame_bytes > st.st_size:
+                raise InputError(f"{path}: truncated or corrupt TIFF (image data of a page "
+                                 f"ends past the end of the {_fmt_bytes(st.st_size)} file)")
+            mode = "offsets"
     if single and n_frames < 2:
         raise InputError(f"{path}: a single 2-D image (1 frame), not a movie")
     source = _Source(path=str(path), n_frames=n_frames, height=height, width=width,
                      dtype=dtype.str, file_dtype=file_dtype.str, mode=mode, base=base,
                      step=step, index=index, offset=int(offset or 0), n_pages=n_pages,
-                     series=series_index, file_size=st.st_size, mtime_ns=st.st_mtime_ns)
+                     series=series_index, file_size=st.st_size, mtime_ns=st.st_mtime_ns,
+                     offsets=offsets)
     return _FileInfo(source, kind, fps, fps_src, pixel, pix_src, notes)
 
 
@@ -845,6 +873,8 @@ class Movie:
         if s.mode == "memmap":
             h = np.memmap(s.path, dtype=np.dtype(s.file_dtype), mode="r", offset=s.offset,
                           shape=(s.n_pages, s.height, s.width))
+        elif s.mode == "offsets":
+            h = np.memmap(s.path, dtype=np.uint8, mode="r")
         else:
             h = _open_tifffile(Path(s.path))
         self._handles[i] = h
@@ -931,6 +961,16 @@ class Movie:
                 raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
             return
         pages = _pages_of(s, local)
+        if s.mode == "offsets":
+            dt = np.dtype(s.file_dtype)
+            try:
+                for k, p in enumerate(pages):
+                    frame = np.ndarray((s.height, s.width), dtype=dt, buffer=h,
+                                       offset=int(s.offsets[p]))
+                    out[k] = frame[rs, cs]
+            except (OSError, TypeError, ValueError) as exc:
+                raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
+            return
         chunk = max(1, int(2 ** 27 // max(1, s.height * s.width * np.dtype(s.dtype).itemsize)))
         for k in range(0, len(pages), chunk):
             key = [int(p) for p in pages[k:k + chunk]]
