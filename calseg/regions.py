@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ class Regions:
     def __len__(self) -> int:
         return len(self.coords)
 
-    @property
+    @cached_property
     def extent(self) -> tuple:
         """Image shape (rows, cols): ``shape`` when known, else the smallest one holding every region."""
         if self.shape is not None:
@@ -71,12 +72,14 @@ class Regions:
         cols = max((int(c[:, 1].max()) + 1 for c in self.coords), default=0)
         return (rows, cols)
 
-    @property
+    @cached_property
     def centers(self) -> np.ndarray:
         """Region centres, ndarray of shape (K, 2): the mean of each region's coordinates."""
         if not self.coords:
             return np.zeros((0, 2))
-        return np.array([c.mean(axis=0) for c in self.coords], dtype=np.float64)
+        out = np.array([c.mean(axis=0) for c in self.coords], dtype=np.float64)
+        out.setflags(write=False)
+        return out
 
 
 def _make(coords, ids, shape, source) -> Regions:

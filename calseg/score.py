@@ -18,7 +18,6 @@ The only entry point most callers need is :func:`score`.
 """
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -260,6 +259,9 @@ def iou_metrics(truth: Regions, pred: Regions, *, iou_threshold: float = 0.5) ->
 def read_table_csv(path) -> tuple:
     """Read a per-neuron table: header ``frame,time_s,<id1>,<id2>,...``, one row per frame.
 
+    Parsing is :func:`calseg.io.tables.read_csv_table`'s; this adds the scorer's requirements
+    (integer neuron ids, no missing value).
+
     Parameters
     ----------
     path : str or Path
@@ -271,41 +273,19 @@ def read_table_csv(path) -> tuple:
     values : ndarray of shape (T, K), float64
         One column per neuron.
     """
-    path = Path(path)
-    src = str(path)
+    from .io.tables import read_csv_table
+
+    table = read_csv_table(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), None)
-            if header is None:
-                raise InputError(f"{src}: empty file, expected a header frame,time_s,<id>,...")
-            header = [h.strip() for h in header]
-            if len(header) < 3 or header[0] != "frame" or header[1] != "time_s":
-                raise InputError(f"{src}: header must be frame,time_s,<id1>,<id2>,... "
-                                 f"got {','.join(header[:4])}{',...' if len(header) > 4 else ''}")
-            try:
-                ids = np.array([int(h) for h in header[2:]], dtype=np.int64)
-            except ValueError:
-                raise InputError(f"{src}: neuron columns must be named by integer ids, "
-                                 f"got {header[2:6]}") from None
-            rows = list(csv.reader(f))
-    except FileNotFoundError:
-        raise InputError(f"{src}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{src}: cannot read ({exc})") from None
-    if len(set(ids.tolist())) != len(ids):
-        raise InputError(f"{src}: a neuron id appears twice in the header")
-    rows = [r for r in rows if r and any(x.strip() for x in r)]
-    values = np.empty((len(rows), len(ids)), dtype=np.float64)
-    for t, r in enumerate(rows):
-        if len(r) != len(header):
-            raise InputError(f"{src}: row {t + 2} has {len(r)} fields, the header has {len(header)}")
-        try:
-            values[t] = [float(x) for x in r[2:]]
-        except ValueError:
-            raise InputError(f"{src}: row {t + 2} holds a value that is not a number") from None
-    if not np.isfinite(values).all():
-        raise InputError(f"{src}: holds NaN or infinite values")
-    return ids, values
+        ids = np.array([int(n) for n in table.names], dtype=np.int64)
+    except ValueError:
+        raise InputError(f"{path}: neuron columns must be named by integer ids, "
+                         f"got {', '.join(table.names[:4])}{', ...' if len(table.names) > 4 else ''}") from None
+    if len(np.unique(ids)) != len(ids):
+        raise InputError(f"{path}: a neuron id appears twice in the header")
+    if np.isnan(table.values).any():
+        raise InputError(f"{path}: has missing values (empty or nan cells); correlation needs every frame")
+    return ids, table.values
 
 
 def _bin(x: np.ndarray, n: int) -> np.ndarray:

@@ -392,12 +392,16 @@ def test_bad_inputs_name_the_file(tmp_path):
 
     hdr = tmp_path / "hdr.csv"
     hdr.write_text("t,1,2\n0,1,2\n")
-    with pytest.raises(InputError, match="hdr.csv.*header"):
+    with pytest.raises(InputError, match="hdr.csv.*integer ids"):
         read_table_csv(hdr)
     nan = tmp_path / "nan.csv"
     nan.write_text("frame,time_s,1\n0,0,1\n1,0.1,abc\n")
     with pytest.raises(InputError, match="nan.csv.*row 3"):
         read_table_csv(nan)
+    gap = tmp_path / "gap.csv"
+    gap.write_text("frame,time_s,1\n0,0,1\n1,0.1,\n")
+    with pytest.raises(InputError, match="gap.csv.*missing"):
+        read_table_csv(gap)
     ids, vals = read_table_csv(write_csv(tmp_path / "ok.csv", [4, 2], [[1, 2], [3, 4]]))
     assert ids.tolist() == [4, 2] and vals.tolist() == [[1, 2], [3, 4]]
     noid = write_csv(tmp_path / "noid.csv", [1], np.arange(5.0)[:, None])
