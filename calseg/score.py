@@ -19,6 +19,7 @@ The only entry point most callers need is :func:`score`.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
 import numpy as np
@@ -416,12 +417,16 @@ def _as_table(x, regions: Regions, name: str) -> tuple:
     return ids, values
 
 
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and not math.isnan(v)
+
+
 def _check_params(threshold, iou_threshold, bin_frames) -> None:
-    if not (isinstance(threshold, (int, float)) and threshold > 0):
+    if not (_is_real(threshold) and threshold > 0):
         raise ConfigError(f"threshold={threshold!r}: must be a positive distance in pixels")
-    if not (isinstance(iou_threshold, (int, float)) and 0 < iou_threshold <= 1):
+    if not (_is_real(iou_threshold) and 0 < iou_threshold <= 1):
         raise ConfigError(f"iou_threshold={iou_threshold!r}: must be in (0, 1]")
-    if isinstance(bin_frames, bool) or not isinstance(bin_frames, (int, np.integer)) or bin_frames < 1:
+    if isinstance(bin_frames, bool) or not isinstance(bin_frames, numbers.Integral) or bin_frames < 1:
         raise ConfigError(f"bin_frames={bin_frames!r}: must be an integer >= 1")
 
 

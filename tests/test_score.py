@@ -64,7 +64,7 @@ NF_KEYS = ("recall", "precision", "combined", "inclusion", "exclusion")
 def test_perfect_gives_one_everywhere():
     regions = [square(0, 0, 4), square(10, 12, 3), ring7()]
     regions[2] = [[r + 20, c + 20] for r, c in regions[2]]
-    r = score(regions, regions)
+    r = score(regions, regions, threshold=np.float32(5), bin_frames=np.int64(1))
     for k in NF_KEYS:
         assert r["neurofinder"][k] == 1.0
     assert r["neurofinder"]["pairs"] == [[1, 1], [2, 2], [3, 3]]
@@ -411,7 +411,8 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"threshold": 0}, {"threshold": -1.0}, {"iou_threshold": 0},
-                                {"iou_threshold": 1.5}, {"bin_frames": 0}, {"bin_frames": 1.5}])
+                                {"iou_threshold": 1.5}, {"bin_frames": 0}, {"bin_frames": 1.5},
+                                {"threshold": float("nan")}, {"iou_threshold": True}])
 def test_bad_parameters_raise_config_error(kw):
     with pytest.raises(ConfigError, match=next(iter(kw))):
         score([square(0, 0, 2)], [square(0, 0, 2)], **kw)
