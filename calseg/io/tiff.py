@@ -938,12 +938,11 @@ class Movie:
         if len(frames) == 0:
             return out
         src_of = np.searchsorted(self._starts, frames, side="right") - 1
-        pos = 0
-        for i in np.unique(src_of):
-            local = frames[src_of == i] - self._starts[i]
-            n = len(local)
-            self._read_source(int(i), local, rs, cs, out[pos:pos + n])
-            pos += n
+        # runs of consecutive requested frames that come from the same file, in request order
+        cuts = np.flatnonzero(np.diff(src_of)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(frames)]):
+            i = int(src_of[a])
+            self._read_source(i, frames[a:b] - self._starts[i], rs, cs, out[a:b])
         return out
 
     def _read_source(self, i, local, rs, cs, out):
