@@ -1,0 +1,208 @@
+"""Registration primitives: edge taper, reference filter, cross-power spectra, sub-pixel peaks.
+
+Every function works on a stack of images at once (a leading batch axis) and treats each image
+independently, so results do not depend on how frames are grouped into batches.
+
+Conventions
+-----------
+``content displacement`` ``s``: a frame ``f`` whose content is the reference ``r`` moved by
+``s = (sy, sx)``, i.e. ``f(y, x) = r(y - sy, x - sx)``, has its cross-correlation peak
+``c(tau) = sum_x f(x) r(x - tau)`` at ``tau = s``. The functions here return ``s``; the public
+API reports the correction ``d = -s``.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import fft as sfft
+
+_WORKERS = 1  # scipy.fft threads; stays 1 so that tile/worker parallelism upstream is not oversubscribed
+
+
+def spatial_taper(shape, slope):
+    """Smooth edge taper: product of two sigmoids falling to ~0 within ``~2 slope`` px of each edge.
+
+    Parameters
+    ----------
+    shape : tuple of int (H, W)
+    slope : float
+        Width of the sigmoid ramp in pixels.
+
+    Returns
+    -------
+    ndarray of shape (H, W), float32, values in (0, 1)
+    """
+
+    def axis(n):
+        x = np.abs(np.arange(n, dtype=np.float64) - (n - 1) / 2.0)
+        edge = max(n / 2.0 - 2.0 * slope, 0.25 * n)
+        return 1.0 / (1.0 + np.exp((x - edge) / slope))
+
+    return (axis(shape[0])[:, None] * axis(shape[1])[None, :]).astype(np.float32)
+
+
+def gaussian_lowpass(shape, sigma):
+    """Fourier transform (rfft2 layout) of a unit-sum Gaussian of ``sigma`` px.
+
+    Returns
+    -------
+    ndarray of shape (H, W // 2 + 1), float64; all ones when ``sigma == 0``
+    """
+    ky = sfft.fftfreq(shape[0])[:, None]
+    kx = sfft.rfftfreq(shape[1])[None, :]
+    return np.exp(-2.0 * np.pi**2 * sigma**2 * (ky**2 + kx**2))
+
+
+def _half_weights(width):
+    """Multiplicity of each rfft column in the full spectrum (1 for DC and Nyquist, else 2)."""
+    n = width // 2 + 1
+    a = np.full(n, 2.0)
+    a[0] = 1.0
+    if width % 2 == 0:
+        a[-1] = 1.0
+    return a
+
+
+def reference_filter(reference, taper, sigma, whitening=0.5):
+    """Partially whitened, low-passed conjugate reference spectrum.
+
+    ``W(k) = conj(R(k)) / |R(k)|**whitening * G_sigma(k)`` with
+    ``R = rfft2(taper * (ref - mean(ref)))`` and the DC term set to 0. ``whitening=1`` is phase
+    correlation whitened on the reference side (robust to slow brightness changes, but it
+    weights noise-dominated frequencies as much as the signal ones), ``whitening=0`` is plain
+    cross-correlation (the maximum-likelihood choice for white noise and an exact reference).
+    The Gaussian of ``sigma`` px keeps the noise of a low-photon frame from dominating the high
+    frequencies and makes the correlation peak smooth for sub-pixel fitting.
+
+    Parameters
+    ----------
+    reference : ndarray of shape (H, W)
+    taper : ndarray of shape (H, W)
+    sigma : float
+    whitening : float in [0, 1]
+
+    Returns
+    -------
+    filt : ndarray of shape (H, W // 2 + 1), complex64
+    energy : float
+        ``||irfft2(W)||^2``, the squared norm of the filter's impulse response (for scores).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    spec = sfft.rfft2((ref - ref.mean()) * taper, workers=_WORKERS)
+    mag = np.abs(spec)
+    eps = 1e-6 * float(mag.max()) + np.finfo(np.float64).tiny
+    filt = np.conj(spec) / (mag + eps) ** whitening * gaussian_lowpass(ref.shape, sigma)
+    filt[0, 0] = 0.0
+    n_pix = ref.shape[0] * ref.shape[1]
+    energy = float(np.sum(_half_weights(ref.shape[1]) * np.abs(filt) ** 2) / n_pix)
+    return filt.astype(np.complex64), energy
+
+
+def frame_spectra(frames, taper):
+    """``rfft2`` of each mean-removed, tapered frame.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (B, H, W), float32
+    taper : ndarray of shape (H, W)
+
+    Returns
+    -------
+    spectra : ndarray of shape (B, H, W // 2 + 1), complex64
+    energy : ndarray of shape (B,)
+        Squared norm of each tapered frame (Parseval), for normalised scores.
+    """
+    frames = np.asarray(frames, dtype=np.float32)
+    centred = frames - frames.mean(axis=(1, 2), dtype=np.float64)[:, None, None].astype(np.float32)
+    centred *= taper
+    energy = np.einsum("bij,bij->b", centred, centred, dtype=np.float64)
+    spectra = sfft.rfft2(centred, workers=_WORKERS)
+    return spectra, energy
+
+
+def _evaluate(cross, shape, centres, offsets):
+    """Exact band-limited correlation at ``centres + offsets x offsets`` (matrix DFT).
+
+    Parameters
+    ----------
+    cross : ndarray of shape (B, H, W // 2 + 1)
+    shape : (H, W)
+    centres : ndarray of shape (B, 2)
+    offsets : ndarray of shape (n,)
+
+    Returns
+    -------
+    ndarray of shape (B, n, n), float64
+    """
+    H, W = shape
+    fy = sfft.fftfreq(H)
+    fx = sfft.rfftfreq(W)
+    ty = centres[:, 0, None] + offsets[None, :]
+    tx = centres[:, 1, None] + offsets[None, :]
+    ey = np.exp(2j * np.pi * ty[:, :, None] * fy[None, None, :])
+    ex = _half_weights(W)[None, :, None] * np.exp(2j * np.pi * fx[None, :, None] * tx[:, None, :])
+    ey = ey.astype(np.complex64)
+    ex = ex.astype(np.complex64)
+    return np.real((ey @ cross) @ ex).astype(np.float64) / (H * W)
+
+
+def _parabola(vm, v0, vp):
+    """Vertex offset (in grid steps, within [-0.5, 0.5]) of the parabola through three samples."""
+    den = vm - 2.0 * v0 + vp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        delta = np.where(den < 0, 0.5 * (vm - vp) / den, 0.0)
+    return np.clip(delta, -0.5, 0.5)
+
+
+def locate_peaks(cross, shape, max_shift, upsample):
+    """Sub-pixel location of each correlation peak within ``|s| <= max_shift``.
+
+    The integer peak of ``irfft2(cross)`` inside the search window is refined twice by a
+    parabolic fit through the exactly evaluated (matrix-DFT) correlation at the current estimate
+    and ``+-1/upsample`` px along each axis.
+
+    Parameters
+    ----------
+    cross : ndarray of shape (B, H, W // 2 + 1), complex
+        Cross-power spectra (frame spectrum times reference filter).
+    shape : (H, W)
+    max_shift : (int, int)
+        Search half-widths along y and x, each ``< min(H, W) / 2``.
+    upsample : int
+        Inverse of the refinement step in px.
+
+    Returns
+    -------
+    shifts : ndarray of shape (B, 2), float64
+        Content displacement ``s`` (see module notes), clipped to the window.
+    peak : ndarray of shape (B,), float64
+        Correlation value at the peak.
+    """
+    H, W = shape
+    my, mx = int(max_shift[0]), int(max_shift[1])
+    corr = sfft.irfft2(cross, s=(H, W), workers=_WORKERS)
+    iy = np.arange(-my, my + 1) % H
+    ix = np.arange(-mx, mx + 1) % W
+    window = corr[:, iy][:, :, ix]
+    b = corr.shape[0]
+    flat = window.reshape(b, -1).argmax(axis=1)
+    py, px = np.divmod(flat, 2 * mx + 1)
+    ty = py - my
+    tx = px - mx
+    rows = np.arange(b)
+    v0 = corr[rows, ty % H, tx % W].astype(np.float64)
+    dy = _parabola(corr[rows, (ty - 1) % H, tx % W], v0, corr[rows, (ty + 1) % H, tx % W])
+    dx = _parabola(corr[rows, ty % H, (tx - 1) % W], v0, corr[rows, ty % H, (tx + 1) % W])
+    centres = np.stack([ty + dy, tx + dx], axis=1).astype(np.float64)
+    step = 1.0 / max(int(upsample), 1)
+    offsets = np.array([-step, 0.0, step])
+    peak = v0
+    for _ in range(2):
+        vals = _evaluate(cross, shape, centres, offsets)
+        c = vals[:, 1, 1]
+        centres = centres + step * np.stack(
+            [_parabola(vals[:, 0, 1], c, vals[:, 2, 1]), _parabola(vals[:, 1, 0], c, vals[:, 1, 2])], axis=1
+        )
+        peak = vals.reshape(b, -1).max(axis=1)
+    centres[:, 0] = np.clip(centres[:, 0], -my, my)
+    centres[:, 1] = np.clip(centres[:, 1], -mx, mx)
+    return centres, peak
