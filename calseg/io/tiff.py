@@ -586,7 +586,8 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
     else:
         for pg in pages_for_check:
             if pg is None:
-                raise InputError(f"{path}: truncated or corrupt TIFF (missing page)")
+                raise InputError(f"{path}: truncated or corrupt TIFF (its metadata describes "
+                                 f"{n_pages} pages; some are missing)")
             ends = [o + c for o, c in zip(pg.dataoffsets, pg.databytecounts)]
             if not ends or max(ends) > st.st_size:
                 raise InputError(f"{path}: truncated or corrupt TIFF (image data of a page "
