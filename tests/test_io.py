@@ -391,6 +391,13 @@ def _bad_files(tmp_path, rng):
     assert b"images=10\nchannels=10" in data
     p.write_bytes(data.replace(b"images=10\nchannels=10", b"images=99\nchannels=99"))
     cases.append(("imagej truncated", p, {}, "truncated or corrupt ImageJ"))
+    ome = tmp_path / "ome.tif"
+    tifffile.imwrite(ome, a, ome=True, metadata={"axes": "TYX"})
+    p = tmp_path / "ome_claims_more.tif"
+    data = ome.read_bytes()
+    assert b'SizeT="10"' in data
+    p.write_bytes(data.replace(b'SizeT="10"', b'SizeT="99"'))
+    cases.append(("ome truncated", p, {}, "describes 99 pages"))
     p = tmp_path / "single.tif"
     tifffile.imwrite(p, a[0])
     cases.append(("single image", p, {}, "single 2-D image"))

@@ -39,9 +39,8 @@ CHECK_FINITE_AT_OPEN_BYTES = 64 * 2 ** 20
 #: at most this many files are kept open at once by one Movie
 MAX_OPEN_FILES = 16
 _GLOB_CHARS = re.compile(r"[*?\[]")
-#: tifffile log messages that mean the file is damaged (tifffile logs them and carries on)
-_FATAL_TIFFFILE_LOG = re.compile(r"invalid page offset|corrupt|truncat|invalid tag|"
-                                 r"invalid value offset", re.I)
+#: tifffile log messages that mean frames are missing (tifffile logs them and carries on)
+_FATAL_TIFFFILE_LOG = re.compile(r"invalid page offset|truncat", re.I)
 _UNIT_TO_UM = {
     "nm": 1e-3, "nanometer": 1e-3, "nanometers": 1e-3, "um": 1.0, "µm": 1.0, "μm": 1.0,
     "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometers": 1.0, "\\u00b5m": 1.0,
