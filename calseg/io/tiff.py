@@ -540,7 +540,8 @@ def _analyze_open(tf, path, st, channel, plane, *, single) -> _FileInfo:
         offset = series.dataoffset
         key = series.keyframe
         memmappable = (offset is not None and key is not None and key.is_memmappable
-                       and key.compression == 1)
+                       and key.compression == 1
+                       and key.bitspersample == np.dtype(dtype).itemsize * 8)
         if memmappable and tf.is_ome and len(series.pages) > 1:
             last = series.pages[-1] if series.pages[-1] is not None else None
             memmappable = last is not None and getattr(last, "parent", tf) is tf
