@@ -190,6 +190,29 @@ def test_imagej_virtual_layout_beyond_4gb_path(tmp_path, rng):
     np.testing.assert_array_equal(m.read(2, 4, cols=slice(3, 8)), a[2:4, 1, :, 3:8])
 
 
+@pytest.mark.slow
+def test_imagej_file_over_4gb(tmp_path):
+    """A real > 4 GB ImageJ file (sparse on disk where the file system allows: ~10 MB used)."""
+    t, h, w = 1100, 2048, 2048  # 4.6 GB of uint8
+    path = tmp_path / "big.tif"
+    with pytest.warns(UserWarning, match="truncating ImageJ file"):
+        mm = tifffile.memmap(path, shape=(t, h, w), dtype=np.uint8, imagej=True,
+                             metadata={"axes": "TYX", "finterval": 0.05})
+        mm[0] = 1
+        mm[1000, 5, 7] = 200
+        mm[-1] = 3
+        mm.flush()
+        del mm
+    assert path.stat().st_size > 2 ** 32
+    with tifffile.TiffFile(path) as tf:
+        assert len(tf.pages) == 1 and not tf.is_bigtiff
+    m = read_movie(path)
+    assert m.shape == (t, h, w) and m.fps == pytest.approx(20.0)
+    tile = m.read(999, 1001, rows=slice(0, 10), cols=slice(0, 10))
+    assert tile[1, 5, 7] == 200 and int(tile.sum()) == 200
+    assert m[-1].min() == 3 and m[0].max() == 1
+
+
 def test_ome_metadata_and_plane(tmp_path, rng):
     a = _random(rng, (7, 2, 12, 14), np.float32)  # T Z Y X
     path = tmp_path / "m.ome.tif"
