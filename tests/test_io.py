@@ -328,6 +328,25 @@ def test_many_files_few_handles(tmp_path, rng, monkeypatch):
     assert len(m._handles) == 0
 
 
+def test_concurrent_reads_from_threads(tmp_path, rng, monkeypatch):
+    import concurrent.futures as cf
+
+    import calseg.io.tiff as tiff
+
+    monkeypatch.setattr(tiff, "MAX_OPEN_FILES", 1)  # force handle eviction between threads
+    parts = [_random(rng, (6, 12, 10), np.uint16) for _ in range(3)]
+    for i, part in enumerate(parts):
+        tifffile.imwrite(tmp_path / f"c{i}.tif", part, compression="zlib")
+    a = np.concatenate(parts)
+    m = read_movie(tmp_path)
+    jobs = [(r, c) for r in range(0, 12, 4) for c in range(0, 10, 5)] * 3
+    with cf.ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda rc: m.read(rows=slice(rc[0], rc[0] + 4),
+                                            cols=slice(rc[1], rc[1] + 5)), jobs))
+    for (r, c), tile in zip(jobs, got):
+        np.testing.assert_array_equal(tile, a[:, r:r + 4, c:c + 5])
+
+
 def test_glob_and_list_in_natural_order(tmp_path, rng):
     parts = [_random(rng, (n, 6, 7), np.int16) for n in (3, 1, 4)]
     names = ["rec_2.tif", "rec_10.tif", "rec_9.tif"]  # natural order: 2, 9, 10

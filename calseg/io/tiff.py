@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import threading
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -109,27 +110,50 @@ class _FileInfo:
 
 
 class _TiffLogCapture(logging.Handler):
+    """Hands each tifffile record to the collectors open in the thread that logged it."""
+
     def __init__(self):
         super().__init__(level=logging.DEBUG)
-        self.records = []
+        self.local = threading.local()
 
     def emit(self, record):
-        self.records.append(record)
+        for records in getattr(self.local, "open", ()):
+            records.append(record)
+
+
+_CAPTURE_LOCK = threading.Lock()
+_CAPTURE = {"depth": 0, "propagate": True, "handler": _TiffLogCapture()}
 
 
 @contextlib.contextmanager
 def _quiet_tifffile():
-    """Collect tifffile's log records instead of letting them reach the user's stderr."""
+    """Collect tifffile's log records instead of letting them reach the user's stderr.
+
+    Thread-safe and re-entrant: the handler is installed once while any block is open, and
+    each block sees only the records logged by its own thread.
+    """
     logger = logging.getLogger("tifffile")
-    handler = _TiffLogCapture()
-    old = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
+    handler = _CAPTURE["handler"]
+    with _CAPTURE_LOCK:
+        if _CAPTURE["depth"] == 0:
+            _CAPTURE["propagate"] = logger.propagate
+            logger.addHandler(handler)
+            logger.propagate = False
+        _CAPTURE["depth"] += 1
+    records: list = []
+    if not hasattr(handler.local, "open"):
+        handler.local.open = []
+    handler.local.open.append(records)
     try:
-        yield handler.records
+        yield records
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = old
+        stack = handler.local.open
+        del stack[max(k for k, r in enumerate(stack) if r is records)]  # by identity
+        with _CAPTURE_LOCK:
+            _CAPTURE["depth"] -= 1
+            if _CAPTURE["depth"] == 0:
+                logger.removeHandler(handler)
+                logger.propagate = _CAPTURE["propagate"]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -786,6 +810,7 @@ class Movie:
         self.options = dict(options)
         self.notes = list(notes)
         self._handles: OrderedDict = OrderedDict()
+        self._lock = threading.RLock()  # guards the handle cache and tifffile decoding
 
     # ---- shape and sizes
     @property
@@ -834,9 +859,10 @@ class Movie:
     # ---- lifecycle
     def close(self) -> None:
         """Close every open file handle (reads reopen them)."""
-        for h in self._handles.values():
-            _close_handle(h)
-        self._handles.clear()
+        with self._lock:
+            for h in self._handles.values():
+                _close_handle(h)
+            self._handles.clear()
 
     def __enter__(self):
         return self
@@ -853,13 +879,19 @@ class Movie:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_handles"] = OrderedDict()
+        del state["_lock"]
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._handles = OrderedDict()
+        self._lock = threading.RLock()
 
     def _handle(self, i: int):
+        with self._lock:
+            return self._handle_locked(i)
+
+    def _handle_locked(self, i: int):
         h = self._handles.get(i)
         if h is not None:
             self._handles.move_to_end(i)
@@ -948,7 +980,12 @@ class Movie:
 
     def _read_source(self, i, local, rs, cs, out):
         s = self._sources[i]
-        h = self._handle(i)
+        if s.mode == "pages":
+            with self._lock:  # a tifffile handle must not be evicted while it decodes
+                self._read_pages(s, self._handle_locked(i), _pages_of(s, local), local, rs, cs,
+                                 out)
+            return
+        h = self._handle(i)  # memory maps stay valid while referenced, even once evicted
         contiguous = len(local) == 1 or bool(np.all(np.diff(local) == 1))
         if s.mode == "memmap":
             if contiguous:
@@ -971,6 +1008,8 @@ class Movie:
             except (OSError, TypeError, ValueError) as exc:
                 raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
             return
+
+    def _read_pages(self, s, h, pages, local, rs, cs, out):
         chunk = max(1, int(2 ** 27 // max(1, s.height * s.width * np.dtype(s.dtype).itemsize)))
         for k in range(0, len(pages), chunk):
             key = [int(p) for p in pages[k:k + chunk]]
