@@ -42,56 +42,23 @@ neurons whose mask contains it (0 = no neuron). ``cell_diameter`` is the diamete
 whose area equals the median mask area (the soma radius is set so that the 0.25 contour of the
 blurred soma lies at ``cell_diameter / 2``).
 
-Presets (every parameter; ``size``, ``frames``, ``fps``, ``cell_diameter``, ``motion`` and the
-neuron count can be overridden from the command line)::
-
-    parameter          unit          easy     standard  hard     realistic
-    height x width     px            256x256  256x256   256x256  512x512
-    n_frames           frames        1000     1000      1000     600
-    fps                Hz            30       30        30       7
-    density            cells/1e4 px  4        8         10       12
-    cell_diameter      px            12       12        12       9.3
-    diameter_cv        -             0.10     0.12      0.15     0.15
-    irregularity       -             0.08     0.12      0.15     0.15
-    overlap_frac       -             0.02     0.10      0.25     0.15
-    nucleus_frac       -             0.20     0.40      0.50     0.60
-    nucleus_depth      -             0.6      0.6       0.7      0.75
-    rate_hz (median)   events/s      0.50     0.30      0.20     0.025
-    rate_sigma         log units     0.5      0.7       0.8      1.0
-    burst_prob         -             0.15     0.20      0.20     0.60
-    burst_extra        spikes        1.0      1.5       1.5      1.5
-    amplitude          dF/F / spike  0.50     0.25      0.15     0.30
-    amplitude_cv       -             0.2      0.3       0.4      0.5
-    dff_max            dF/F          8        5         4        4
-    tau_rise_s         s             0.05     0.07      0.08     0.08
-    tau_decay_s        s             1.0      1.0       1.2      1.2
-    tau_cv             -             0.15     0.2       0.25     0.25
-    photons            ph/px/frame   40       10        3        1.0
-    contrast (median)  x neuropil    2.0      1.5       1.15     0.95
-    contrast_sigma     log units     0.2      0.25      0.3      0.25
-    background_cv      -             0.15     0.2       0.25     0.3
-    neuropil_fluct     rel. SD       0.02     0.04      0.08     0.08
-    neuropil_tau_s     s             2.0      2.0       2.0      3.0
-    bleach_frac        -             0.2      0.3       0.4      0.3
-    bleach_tau_s       s             1000     300       150      300
-    psf_sigma          px            1.0      1.0       1.2      1.0
-    gain               ADU/photon    2        2         2        10
-    offset             ADU           100      100       100      0
-    read_noise         ADU (SD)      1        2         4        2
-    vessel_frac        -             0.0      0.01      0.02     0.03
-    motion             -             off      off       on       off
-    motion_step_px     px/frame SD   0.10     0.10      0.15     0.10
-    motion_tau_s       s             2.0      2.0       2.0      2.0
-    jump_rate_hz       1/s           0.02     0.02      0.05     0.02
-    jump_px            px (SD)       2.0      2.0       3.0      2.0
-    motion_max_px      px            6        6         8        6
+Presets: every parameter of every preset is in the one table ``_TABLE`` below (name, unit and
+meaning, then the easy / standard / hard / realistic values); :func:`preset_params` reads it.
+``size``, ``frames``, ``fps``, ``cell_diameter``, ``motion`` and the neuron count can be
+overridden from the command line. ``easy``: high SNR, few overlaps, no motion; ``standard``:
+typical 30 Hz GCaMP6s (decay ~1 s), moderate noise, some overlaps; ``hard``: low SNR, dim cells,
+more overlaps, motion on.
 
 The realistic preset reproduces statistics measured on a real Neurofinder 00.xx clip (512 x 512,
 7 Hz, GCaMP6s): about one photon per pixel per frame (per-pixel noise SD ~ mean), cells of median
 area ~67 px no brighter than their surround in the mean image, 60 % with a dark nucleus, a median
 of ~2 transients per cell in 600 frames, peak Delta F / F median ~0.55, neuropil fluctuating ~8 %
-and correlated across the field, dark vessels over ~3 % of the field. It keeps motion off because
-the measured clip was already registered.
+and correlated across the field, dark vessels over ~3 % of the field. Its table values are
+calibrated so that these statistics, measured on the simulated movie with the estimators in
+``tests/test_simulate.py::test_realistic_statistics``, land on the targets (e.g. ``amplitude`` and
+``neuropil_fluct`` are larger than the measured 0.55 / 8 % because a region of interest mixes
+in neuropil and smoothing removes part of the fluctuation). Motion is off because the measured
+clip was already registered.
 """
 from __future__ import annotations
 
@@ -125,58 +92,52 @@ BATCH_FRAMES = 32
 
 PRESET_NAMES = ("easy", "standard", "hard", "realistic")
 
-_COLUMNS = (
-    "height", "width", "n_frames", "fps", "density", "cell_diameter", "diameter_cv",
-    "irregularity", "overlap_frac", "nucleus_frac", "nucleus_depth", "rate_hz", "rate_sigma",
-    "burst_prob", "burst_extra", "amplitude", "amplitude_cv", "dff_max", "tau_rise_s",
-    "tau_decay_s", "tau_cv", "photons", "contrast", "contrast_sigma", "background_cv",
-    "neuropil_fluct", "neuropil_tau_s", "bleach_frac", "bleach_tau_s", "psf_sigma", "gain",
-    "offset", "read_noise", "vessel_frac", "motion", "motion_step_px", "motion_tau_s",
-    "jump_rate_hz", "jump_px", "motion_max_px",
-)
-# One row per parameter, one column per preset (easy, standard, hard, realistic): the table in
-# the module docstring is this table.
+# The one preset table. name: (unit -- meaning, easy, standard, hard, realistic)
 _TABLE = {
-    "height":         (256, 256, 256, 512),
-    "width":          (256, 256, 256, 512),
-    "n_frames":       (1000, 1000, 1000, 600),
-    "fps":            (30.0, 30.0, 30.0, 7.0),
-    "density":        (4.0, 8.0, 10.0, 12.0),
-    "cell_diameter":  (12.0, 12.0, 12.0, 9.3),
-    "diameter_cv":    (0.10, 0.12, 0.15, 0.15),
-    "irregularity":   (0.08, 0.12, 0.15, 0.15),
-    "overlap_frac":   (0.02, 0.10, 0.25, 0.15),
-    "nucleus_frac":   (0.20, 0.40, 0.50, 0.70),
-    "nucleus_depth":  (0.6, 0.6, 0.7, 0.75),
-    "rate_hz":        (0.50, 0.30, 0.20, 0.020),
-    "rate_sigma":     (0.5, 0.7, 0.8, 1.5),
-    "burst_prob":     (0.15, 0.20, 0.20, 0.60),
-    "burst_extra":    (1.0, 1.5, 1.5, 1.5),
-    "amplitude":      (0.50, 0.25, 0.15, 0.42),
-    "amplitude_cv":   (0.2, 0.3, 0.4, 0.5),
-    "dff_max":        (8.0, 5.0, 4.0, 4.0),
-    "tau_rise_s":     (0.05, 0.07, 0.08, 0.08),
-    "tau_decay_s":    (1.0, 1.0, 1.2, 1.2),
-    "tau_cv":         (0.15, 0.2, 0.25, 0.25),
-    "photons":        (40.0, 10.0, 3.0, 1.0),
-    "contrast":       (2.0, 1.5, 1.15, 0.95),
-    "contrast_sigma": (0.2, 0.25, 0.3, 0.25),
-    "background_cv":  (0.15, 0.2, 0.25, 0.3),
-    "neuropil_fluct": (0.02, 0.04, 0.08, 0.11),
-    "neuropil_tau_s": (2.0, 2.0, 2.0, 3.0),
-    "bleach_frac":    (0.2, 0.3, 0.4, 0.3),
-    "bleach_tau_s":   (1000.0, 300.0, 150.0, 300.0),
-    "psf_sigma":      (1.0, 1.0, 1.2, 1.0),
-    "gain":           (2.0, 2.0, 2.0, 10.0),
-    "offset":         (100.0, 100.0, 100.0, 0.0),
-    "read_noise":     (1.0, 2.0, 4.0, 2.0),
-    "vessel_frac":    (0.0, 0.01, 0.02, 0.04),
-    "motion":         (False, False, True, False),
-    "motion_step_px": (0.10, 0.10, 0.15, 0.10),
-    "motion_tau_s":   (2.0, 2.0, 2.0, 2.0),
-    "jump_rate_hz":   (0.02, 0.02, 0.05, 0.02),
-    "jump_px":        (2.0, 2.0, 3.0, 2.0),
-    "motion_max_px":  (6.0, 6.0, 8.0, 6.0),
+    "height":         ("px -- field rows", 256, 256, 256, 512),
+    "width":          ("px -- field columns", 256, 256, 256, 512),
+    "n_frames":       ("frames -- movie length", 1000, 1000, 1000, 600),
+    "fps":            ("Hz -- frame rate", 30.0, 30.0, 30.0, 7.0),
+    "density":        ("cells per 1e4 px (at this cell_diameter) -- default n_neurons",
+                       4.0, 8.0, 10.0, 12.0),
+    "cell_diameter":  ("px -- median equivalent mask diameter", 12.0, 12.0, 12.0, 9.1),
+    "diameter_cv":    ("log-SD of diameters across cells", 0.10, 0.12, 0.15, 0.15),
+    "irregularity":   ("SD of the soma outline's 2nd-4th harmonics", 0.08, 0.12, 0.15, 0.15),
+    "overlap_frac":   ("fraction of cells allowed to overlap a neighbour", 0.02, 0.10, 0.25, 0.15),
+    "nucleus_frac":   ("fraction of cells with a dark nucleus", 0.20, 0.40, 0.50, 0.62),
+    "nucleus_depth":  ("relative dimming at the nucleus", 0.6, 0.6, 0.7, 0.75),
+    "rate_hz":        ("events/s -- median event rate (lognormal across cells)",
+                       0.50, 0.30, 0.20, 0.017),
+    "rate_sigma":     ("log-SD of event rates across cells", 0.5, 0.7, 0.8, 1.5),
+    "burst_prob":     ("probability that an event is a burst", 0.15, 0.20, 0.20, 0.60),
+    "burst_extra":    ("spikes -- mean extra spikes in a burst (size 2 + Poisson)",
+                       1.0, 1.5, 1.5, 1.5),
+    "amplitude":      ("dF/F per spike -- median", 0.50, 0.25, 0.15, 0.42),
+    "amplitude_cv":   ("log-SD of amplitudes across cells", 0.2, 0.3, 0.4, 0.5),
+    "dff_max":        ("dF/F -- saturation scale", 8.0, 5.0, 4.0, 4.0),
+    "tau_rise_s":     ("s -- median rise time constant", 0.05, 0.07, 0.08, 0.08),
+    "tau_decay_s":    ("s -- median decay time constant", 1.0, 1.0, 1.2, 1.2),
+    "tau_cv":         ("log-SD of time constants across cells", 0.15, 0.2, 0.25, 0.25),
+    "photons":        ("photons/px/frame -- mean neuropil baseline", 40.0, 10.0, 3.0, 1.0),
+    "contrast":       ("x neuropil -- median soma brightness", 2.0, 1.5, 1.15, 0.95),
+    "contrast_sigma": ("log-SD of soma brightness", 0.2, 0.25, 0.3, 0.25),
+    "background_cv":  ("log-SD of the smooth baseline field", 0.15, 0.2, 0.25, 0.3),
+    "neuropil_fluct": ("relative SD of neuropil fluctuations", 0.02, 0.04, 0.08, 0.11),
+    "neuropil_tau_s": ("s -- time scale of neuropil fluctuations", 2.0, 2.0, 2.0, 3.0),
+    "bleach_frac":    ("fraction of signal bleachable", 0.2, 0.3, 0.4, 0.3),
+    "bleach_tau_s":   ("s -- bleaching time constant", 1000.0, 300.0, 150.0, 300.0),
+    "psf_sigma":      ("px -- Gaussian PSF SD", 1.0, 1.0, 1.2, 1.0),
+    "gain":           ("ADU per photon", 2.0, 2.0, 2.0, 10.0),
+    "offset":         ("ADU -- dark level", 100.0, 100.0, 100.0, 0.0),
+    "read_noise":     ("ADU -- Gaussian read-noise SD", 1.0, 2.0, 4.0, 2.0),
+    "vessel_frac":    ("fraction of field under dark vessels (transmission < 0.5)",
+                       0.0, 0.01, 0.02, 0.035),
+    "motion":         ("rigid motion on/off", False, False, True, False),
+    "motion_step_px": ("px -- per-frame random-walk SD", 0.10, 0.10, 0.15, 0.10),
+    "motion_tau_s":   ("s -- mean-reversion time of the walk", 2.0, 2.0, 2.0, 2.0),
+    "jump_rate_hz":   ("1/s -- rate of sudden jumps", 0.02, 0.02, 0.05, 0.02),
+    "jump_px":        ("px -- SD of a jump's new resting offset", 2.0, 2.0, 3.0, 2.0),
+    "motion_max_px":  ("px -- largest shift", 6.0, 6.0, 8.0, 6.0),
 }
 
 # Options a caller may override: name -> (type, low, high) inclusive.
@@ -192,7 +153,7 @@ _LIMITS = {
 
 
 def preset_params(preset: str) -> dict:
-    """Return the full parameter dictionary of a preset (see the module docstring table).
+    """Return the full parameter dictionary of a preset (from ``_TABLE``).
 
     Parameters
     ----------
@@ -201,12 +162,12 @@ def preset_params(preset: str) -> dict:
     Returns
     -------
     dict
-        Parameter name -> value.
+            Parameter name -> value (the units are in ``_TABLE``).
     """
     if preset not in PRESET_NAMES:
         raise ConfigError(f"preset={preset!r} is not allowed; choose one of {', '.join(PRESET_NAMES)}")
     i = PRESET_NAMES.index(preset)
-    return {name: _TABLE[name][i] for name in _COLUMNS}
+    return {name: row[1 + i] for name, row in _TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -276,7 +237,7 @@ def _resolve(preset, height, width, n_frames, fps, n_neurons, cell_diameter, mot
                           f"allowed: at most {min(H, W) / 2} (half the smaller side)")
     if n_neurons is None:
         # Density is per 1e4 px at the preset's own diameter; keep the area fraction if changed.
-        d0 = _TABLE["cell_diameter"][PRESET_NAMES.index(preset)]
+        d0 = _TABLE["cell_diameter"][1 + PRESET_NAMES.index(preset)]
         p["n_neurons"] = int(round(p["density"] * H * W / 1e4 * (d0 / p["cell_diameter"]) ** 2))
     else:
         p["n_neurons"] = _check("n_neurons", n_neurons)
@@ -299,6 +260,11 @@ def _command(out_dir, p) -> str:
 
 
 # --------------------------------------------------------------------------- spatial model
+
+
+def _step_down(x, width):
+    """Logistic 1 / (1 + exp(x / width)) without overflow: 1 for x << 0, 0 for x >> 0."""
+    return 0.5 * (1.0 - np.tanh(x / (2.0 * width)))
 
 
 def _smooth_field(rng, shape, scale_px):
@@ -343,12 +309,12 @@ def _vessels(rng, shape, target_frac, psf_sigma):
                     break
             else:
                 path[iy, ix] = True
-            dang = 0.95 * dang + rng.normal(0, 0.02)
+            dang = 0.9 * dang + rng.normal(0, 0.006)  # gently curving, rarely looping
             ang += dang
             y += 0.7 * np.sin(ang)
             x += 0.7 * np.cos(ang)
         dist = distance_transform_edt(~path)
-        tube = 1.0 / (1.0 + np.exp((dist - width / 2) / 0.5))
+        tube = _step_down(dist - width / 2, 0.5)
         trans *= 1.0 - depth * tube
         covered |= trans < 0.5
     return trans
@@ -371,13 +337,13 @@ def _soma(rng, radius, irregularity, nucleus, nucleus_depth, edge=0.4):
     rho = np.hypot(u, v)
     th = np.arctan2(v, u)
     r_theta = radius * (1.0 + sum(a * np.cos(m * th - ph) for m, a, ph in harm))
-    body = 1.0 / (1.0 + np.exp((rho - r_theta) / edge))
+    body = _step_down(rho - r_theta, edge)
     dim = np.ones_like(body)
     if nucleus:
         nr = radius * rng.uniform(0.5, 0.65)
         oy, ox = rng.normal(0, 0.1 * radius, 2)
         d = np.hypot(yy - oy, xx - ox)
-        dim = 1.0 - nucleus_depth * rng.uniform(0.85, 1.0) / (1.0 + np.exp((d - nr) / edge))
+        dim = 1.0 - nucleus_depth * rng.uniform(0.85, 1.0) * _step_down(d - nr, edge)
     return body, dim, half, half
 
 
@@ -531,7 +497,7 @@ def simulate(out_dir, *, preset="standard", height=None, width=None, n_frames=No
     out_dir : str or Path
         Output folder; created. Must be absent or empty unless ``force``.
     preset : {"easy", "standard", "hard", "realistic"}
-        Parameter set (table in the module docstring).
+        Parameter set (values in ``_TABLE``).
     height, width : int, optional
         Field of view in pixels (16..8192); preset default when None.
     n_frames : int, optional
@@ -591,7 +557,7 @@ def simulate(out_dir, *, preset="standard", height=None, width=None, n_frames=No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     elapsed = time.perf_counter() - t_start
-    log.info("simulated %d neurons, %d x %d x %d frames in %.1f s -> %s", p["n_neurons"],
+    log.debug("simulated %d neurons, %d frames of %d x %d in %.1f s -> %s", p["n_neurons"],
              p["n_frames"], p["height"], p["width"], elapsed, out_dir)
     return SimulationInfo(out_dir=out_dir, preset=p["preset"],
                           shape=(p["n_frames"], p["height"], p["width"]), fps=p["fps"],
