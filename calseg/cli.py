@@ -158,6 +158,67 @@ def info_cmd(movie, channel, plane, fps, pixel_size, as_json):
 # --------------------------------------------------------------------------- simulate
 # (section owned by the simulator work: calseg/simulate.py)
 
+
+def _parse_size(text):
+    """'HxW' or 'N' (square) -> (H, W); None passes through."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise click.BadParameter(f"{text!r} is not HxW (e.g. 256x256) or a single size", param_hint="--size")
+
+
+@main.command("simulate", context_settings=CONTEXT)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output folder (movie.tif + truth/). Must be absent or empty unless --force.")
+@click.option("--preset", type=click.Choice(["easy", "standard", "hard", "realistic"]),
+              default="standard", show_default=True,
+              help="Parameter set; 'realistic' matches real Neurofinder statistics (512x512x600, 7 Hz).")
+@click.option("--size", default=None, metavar="HxW", help="Field of view in pixels, e.g. 256x256.")
+@click.option("--height", type=int, default=None, help="Rows (alternative to --size).")
+@click.option("--width", type=int, default=None, help="Columns (alternative to --size).")
+@click.option("--frames", "n_frames", type=int, default=None, help="Number of frames.")
+@click.option("--fps", type=float, default=None, help="Frame rate in Hz.")
+@click.option("--neurons", "n_neurons", type=int, default=None,
+              help="Number of neurons (default: preset density x field area).")
+@click.option("--cell-diameter", type=float, default=None, help="Median cell diameter in px.")
+@click.option("--motion/--no-motion", default=None, help="Rigid motion (default: per preset).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
+@click.pass_context
+def simulate_cmd(ctx, out_dir, preset, size, height, width, n_frames, fps, n_neurons,
+                 cell_diameter, motion, seed, force):
+    """Simulate a calcium-imaging recording with ground truth (movie.tif, truth/)."""
+    from .simulate import simulate
+
+    hw = _parse_size(size)
+    if hw is not None:
+        if height is not None or width is not None:
+            raise click.UsageError("use either --size or --height/--width, not both")
+        height, width = hw
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    state = {"next": 0.1}
+
+    def progress(done, total):
+        if not quiet and done / total >= state["next"]:
+            log.info("simulate: %d/%d frames", done, total)
+            state["next"] = done / total + 0.1
+
+    info = simulate(out_dir, preset=preset, height=height, width=width, n_frames=n_frames,
+                    fps=fps, n_neurons=n_neurons, cell_diameter=cell_diameter, motion=motion,
+                    seed=seed, force=force, progress=progress)
+    if not quiet:
+        T, H, W = info.shape
+        click.echo(f"wrote {info.out_dir}: {T} frames of {H}x{W} at {info.fps:g} Hz, "
+                   f"{info.n_neurons} neurons (preset {info.preset}, seed {info.seed}, "
+                   f"motion {'on' if info.motion else 'off'}) in {info.elapsed_s:.1f} s")
+
 # --------------------------------------------------------------------------- score
 # (section owned by the scorer work: calseg/score.py)
 
