@@ -211,6 +211,11 @@ def test_dff_recovers_known_transients(s2p):
     expected[0, [100, 300]] = [0.5, 0.2]
     expected[1, 450] = 0.25
     np.testing.assert_allclose(dff, expected, atol=1e-12)
+    # raw denominator: same numerator, divided by the 8th percentile of F (135 and 75)
+    dff_raw, _ = s2p.dff_running_percentile(F, Fneu, fs, denominator="raw")
+    np.testing.assert_allclose(dff_raw, expected * (F0 / np.array([[135.0], [75.0]])), atol=1e-12)
+    with pytest.raises(ValueError, match="denominator"):
+        s2p.dff_running_percentile(F, Fneu, fs, denominator="mean")
     # non-positive baseline -> NaN, not inf
     dff_bad, _ = s2p.dff_running_percentile(np.zeros((1, T)), Fneu[:1], fs)
     assert np.isnan(dff_bad).all()

@@ -3,7 +3,8 @@
 Usage: python make_synthetic_movie.py OUTDIR [--T 1000] [--size 128] [--cells 12] [--fps 10] [--seed 0]
 
 Writes OUTDIR/movie.tif (uint16, (T, H, W)), OUTDIR/truth_regions.json (Neurofinder format,
-pixels where the footprint exceeds 20% of its peak) and OUTDIR/truth_spikes.csv.
+pixels where the footprint exceeds 20% of its peak) and OUTDIR/truth_spikes.csv
+(``frame,time_s,1,...,N`` like the runners' spikes.csv).
 Numpy + tifffile only.
 """
 from __future__ import annotations
@@ -55,8 +56,11 @@ def main(argv=None):
     tifffile.imwrite(out / "movie.tif", Y, imagej=True)
     regions = [{"id": k + 1, "coordinates": np.argwhere(A[k] > 0.2).tolist()} for k in range(len(A))]
     (out / "truth_regions.json").write_text(json.dumps(regions))
-    np.savetxt(out / "truth_spikes.csv", S, delimiter=",", fmt="%d",
-               header=",".join(str(k + 1) for k in range(S.shape[1])), comments="")
+    frames = np.arange(a.T)
+    table = np.column_stack([frames, frames / a.fps, S])
+    np.savetxt(out / "truth_spikes.csv", table, delimiter=",", fmt=["%d", "%.6f"] + ["%d"] * S.shape[1],
+               header=",".join(["frame", "time_s"] + [str(k + 1) for k in range(S.shape[1])]),
+               comments="")
     print(f"wrote {out/'movie.tif'} {Y.shape} {Y.dtype}, {len(A)} cells")
 
 

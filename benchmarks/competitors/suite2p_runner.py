@@ -13,7 +13,9 @@ Outputs in OUTDIR:
 - ``traces.csv``    header ``frame,time_s,1,...,N``; ΔF/F = (F − 0.7·Fneu − F0) / F0 with F0 a
   running 8th percentile of F − 0.7·Fneu over a centred 60 s window (shifted inside the movie at
   its ends; the whole movie when shorter than 60 s).
-  Frames where F0 <= 0 are written empty (NaN).
+  Frames where F0 <= 0 are written empty (NaN). ``--dff-denominator raw`` divides by the same
+  running percentile of raw F instead (use it when the neuropil is nearly as bright as the cells,
+  e.g. the Thunder vS1 movie, where F0 of the corrected trace reaches 0).
 - ``spikes.csv``    same layout; Suite2p's ``spks`` (its own OASIS on its own baseline-corrected
   trace; arbitrary units, and halved for uint16 input because Suite2p converts uint16 frames
   with ``// 2``).
@@ -106,7 +108,8 @@ def running_percentile(x, window, q):
 
 
 def dff_running_percentile(F, Fneu, fs, *, neuropil_coefficient=NEUROPIL_COEFFICIENT,
-                           percentile=BASELINE_PERCENTILE, window_s=BASELINE_WINDOW_S):
+                           percentile=BASELINE_PERCENTILE, window_s=BASELINE_WINDOW_S,
+                           denominator="corrected"):
     """ΔF/F of neuropil-corrected traces against a running-percentile baseline.
 
     Parameters
@@ -115,25 +118,35 @@ def dff_running_percentile(F, Fneu, fs, *, neuropil_coefficient=NEUROPIL_COEFFIC
         ROI and neuropil fluorescence.
     fs : float
         Frame rate in Hz.
+    denominator : {"corrected", "raw"}
+        Divide by the baseline of the neuropil-corrected trace (default) or by the same running
+        percentile of the raw ROI trace F, which stays positive when the neuropil is nearly as
+        bright as the cell.
 
     Returns
     -------
     dff : ndarray of shape (N, T)
-        NaN where the baseline is not positive.
+        NaN where the denominator is not positive.
     baseline : ndarray of shape (N, T)
+        The running baseline F0 of the corrected trace (subtracted in the numerator).
 
     Notes
     -----
     Fc = F − c·Fneu, F0 = running ``percentile`` of Fc over round(window_s·fs) frames (centred, shifted
     inside the trace at the ends; the whole trace when it is shorter than the window),
-    ΔF/F = (Fc − F0) / F0.
+    ΔF/F = (Fc − F0) / F0 (``denominator="corrected"``) or (Fc − F0) / F0raw with F0raw the
+    same running percentile of F (``denominator="raw"``).
     """
+    if denominator not in ("corrected", "raw"):
+        raise ValueError(f"denominator must be 'corrected' or 'raw', got {denominator!r}")
     Fc = np.asarray(F, dtype=np.float64) - neuropil_coefficient * np.asarray(Fneu, dtype=np.float64)
     if Fc.shape[1] == 0:
         return Fc.copy(), Fc.copy()
-    F0 = running_percentile(Fc, int(round(window_s * fs)), percentile)
+    window = int(round(window_s * fs))
+    F0 = running_percentile(Fc, window, percentile)
+    den = F0 if denominator == "corrected" else running_percentile(F, window, percentile)
     with np.errstate(divide="ignore", invalid="ignore"):
-        dff = np.where(F0 > 0, (Fc - F0) / F0, np.nan)
+        dff = np.where(den > 0, (Fc - F0) / den, np.nan)
     return dff, F0
 
 
@@ -236,7 +249,7 @@ def _prepare_movie(movie, outdir):
 
 
 def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_scale=None,
-        tau=None):
+        tau=None, dff_denominator="corrected"):
     """Run Suite2p and write the converted outputs; returns the timing dict."""
     t_wall = time.perf_counter()
     t_cpu = time.process_time()
@@ -280,7 +293,7 @@ def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_s
 
     regions, keep = regions_from_stat(stat, iscell)
     _write_json(outdir / "regions.json", regions)
-    dff, _ = dff_running_percentile(F[keep], Fneu[keep], fps)
+    dff, F0 = dff_running_percentile(F[keep], Fneu[keep], fps, denominator=dff_denominator)
     write_table(outdir / "traces.csv", dff, fps)
     write_table(outdir / "spikes.csv", spks[keep], fps)
 
@@ -308,7 +321,9 @@ def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_s
         "torch_num_threads": int(threads),
         "dff_baseline": f"running {BASELINE_PERCENTILE:g}th percentile of F - "
                         f"{NEUROPIL_COEFFICIENT}*Fneu over a centred {BASELINE_WINDOW_S:g} s window",
+        "dff_denominator": dff_denominator,
         "n_dff_nan_values": int(np.isnan(dff).sum()),
+        "n_cells_with_nonpositive_baseline": int((F0 <= 0).any(axis=1).sum()) if F0.size else 0,
     }
     _write_json(outdir / "timing.json", timing)
     return timing
@@ -326,13 +341,16 @@ def main(argv=None):
                     help="sparsery spatial_scale (default: Suite2p's 0 = automatic)")
     ap.add_argument("--tau", type=float, default=None,
                     help="indicator decay time in s (default: Suite2p's 1.0)")
+    ap.add_argument("--dff-denominator", choices=["corrected", "raw"], default="corrected",
+                    help="divide by the baseline of F - 0.7*Fneu (default) or of raw F")
     a = ap.parse_args(argv)
     if not Path(a.movie).is_file():
         ap.error(f"movie {a.movie} does not exist")
     if a.fps <= 0 or a.diameter <= 0 or a.threads < 1:
         ap.error("--fps and --diameter must be > 0 and --threads >= 1")
     timing = run(a.movie, a.outdir, a.fps, a.diameter, registration=not a.no_registration,
-                 threads=a.threads, spatial_scale=a.spatial_scale, tau=a.tau)
+                 threads=a.threads, spatial_scale=a.spatial_scale, tau=a.tau,
+                 dff_denominator=a.dff_denominator)
     print(json.dumps({k: timing[k] for k in ("n_rois", "n_cells", "wall_s", "cpu_s", "peak_rss_mb")}))
 
 
