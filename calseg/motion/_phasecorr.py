@@ -19,7 +19,7 @@ _WORKERS = 1  # scipy.fft threads; stays 1 so that tile/worker parallelism upstr
 
 
 def spatial_taper(shape, slope):
-    """Smooth edge taper: product of two sigmoids falling to ~0 within ``~2 slope`` px of each edge.
+    """Smooth edge taper: product of two sigmoids, ~0.05 at each edge, ~0.5 at ``3 slope`` px from it.
 
     Parameters
     ----------
@@ -34,7 +34,7 @@ def spatial_taper(shape, slope):
 
     def axis(n):
         x = np.abs(np.arange(n, dtype=np.float64) - (n - 1) / 2.0)
-        edge = max(n / 2.0 - 2.0 * slope, 0.25 * n)
+        edge = max(n / 2.0 - 3.0 * slope, 0.25 * n)
         return 1.0 / (1.0 + np.exp((x - edge) / slope))
 
     return (axis(shape[0])[:, None] * axis(shape[1])[None, :]).astype(np.float32)

@@ -141,9 +141,9 @@ class ArrayMovie:
 
     def __getitem__(self, key):
         if isinstance(key, slice):
-            start, stop, step = key.indices(self.n_frames)
-            if step == 1 or start >= stop:
-                return self.read(start, max(start, stop))
+            idx = range(*key.indices(self.n_frames))
+            if idx.step == 1 and len(idx):
+                return self.read(idx.start, idx.stop)
             return np.array(self._data[key])
         index = int(key)
         if index < 0:

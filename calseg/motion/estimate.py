@@ -318,12 +318,52 @@ class _Rigid:
         self.upsample = params.upsample
 
     def register(self, frames):
-        """Content displacement ``s`` (B, 2) and normalised peak (B,) of each frame."""
+        """Content displacement ``s`` (B, 2) and normalised peak (B,) of each frame.
+
+        The fixed taper multiplies frame and reference at the same place, which pulls the peak
+        of a displaced frame towards zero (by ~0.01 px per px of displacement). Frames found
+        displaced by a pixel or more are therefore registered a second time after moving their
+        content back by the integer part of ``s`` (uncovered pixels filled with the frame mean),
+        so only the sub-pixel residual meets the taper.
+        """
         spectra, energy = frame_spectra(frames, self.taper)
         s, peak = locate_peaks(spectra * self.filt, self.shape, self.max_shift, self.upsample)
+        o = np.rint(s).astype(int)
+        redo = np.flatnonzero(np.any(o != 0, axis=1))
+        if redo.size:
+            moved = _move_back(frames[redo], o[redo])
+            spectra, energy[redo] = frame_spectra(moved, self.taper)
+            r, peak[redo] = locate_peaks(spectra * self.filt, self.shape, (2, 2), self.upsample)
+            s[redo] = o[redo] + r
+            s[:, 0] = np.clip(s[:, 0], -self.max_shift[0], self.max_shift[0])
+            s[:, 1] = np.clip(s[:, 1], -self.max_shift[1], self.max_shift[1])
         with np.errstate(divide="ignore", invalid="ignore"):
             score = np.where(energy > 0, peak / np.sqrt(energy * self.energy), 0.0)
         return s, score
+
+
+def _move_back(frames, offsets):
+    """``out[i](y, x) = frames[i](y + oy, x + ox)``; pixels with no source get the frame mean.
+
+    Parameters
+    ----------
+    frames : ndarray of shape (B, H, W)
+    offsets : ndarray of shape (B, 2), int
+
+    Returns
+    -------
+    ndarray of shape (B, H, W), float32
+    """
+    B, H, W = frames.shape
+    out = np.empty((B, H, W), dtype=np.float32)
+    for i in range(B):
+        oy, ox = int(offsets[i, 0]), int(offsets[i, 1])
+        ys, yd = (slice(oy, H), slice(0, H - oy)) if oy >= 0 else (slice(0, H + oy), slice(-oy, H))
+        xs, xd = (slice(ox, W), slice(0, W - ox)) if ox >= 0 else (slice(0, W + ox), slice(-ox, W))
+        src = frames[i, ys, xs]
+        out[i] = src.mean(dtype=np.float64) if src.size else frames[i].mean(dtype=np.float64)
+        out[i, yd, xd] = src
+    return out
 
 
 class _Blocks:
