@@ -405,6 +405,36 @@ def run_cmd(ctx, movie, out, config_path, force, as_json, **options):
                    f"{summary['seconds']} s)")
 
 
+@main.command("certify", context_settings=CONTEXT)
+@click.argument("result_dir", type=click.Path(file_okay=False))
+@click.argument("movie", nargs=-1, required=True)
+@click.option("--channel", type=int, default=None, help="Channel used by the run (0-based).")
+@click.option("--plane", type=int, default=None, help="Plane used by the run (0-based).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full comparison as JSON.")
+@click.pass_context
+def certify_cmd(ctx, result_dir, movie, channel, plane, as_json):
+    """Recompute RESULT_DIR's certificate from its saved factors and MOVIE alone, and compare.
+
+    Exit code 0 when the recomputed certificate agrees with the saved one, 1 otherwise.
+    """
+    from .io.tiff import read_movie
+    from .recheck import recertify
+
+    paths = list(movie) if len(movie) > 1 else movie[0]
+    mov = read_movie(paths, channel=channel, plane=plane)
+    out = recertify(result_dir, mov, progress=_Progress(ctx.obj.get("quiet")))
+    if as_json:
+        _echo_json(out)
+    else:
+        click.echo(f"recomputed: {out['status']}, relative gap {out['relative_gap']:.4g} "
+                   f"(saved: {out['saved_status']}, relative gap {out['saved_relative_gap']:.4g}) over "
+                   f"{len(out['tiles'])} tile(s)")
+        click.echo("agrees with the saved certificate" if out["agrees"] else
+                   "DISAGREES with the saved certificate")
+    if not out["agrees"]:
+        ctx.exit(1)
+
+
 @main.command("deconvolve", context_settings=CONTEXT)
 @click.argument("traces", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", "out", required=True, type=click.Path(dir_okay=False),

@@ -67,6 +67,9 @@ class Result:
     shape: tuple
     fps: float
     settings: Settings = field(default_factory=Settings)
+    images: dict = field(default_factory=dict)
+    tile_results: list = field(default_factory=list)
+    context: object = None
 
     @property
     def n_neurons(self) -> int:
@@ -206,7 +209,10 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         "peak_rss_bytes": _peak_rss_bytes(),
     }
     return Result(neurons=neurons, masks=masks, components=comps, traces=traces, spikes=spikes,
-                  certificate=certificate, info=info, shape=(T, H, W), fps=fps, settings=settings)
+                  certificate=certificate, info=info, shape=(T, H, W), fps=fps, settings=settings,
+                  images={"mean": summ.mean, "correlation": summ.correlation, "noise": summ.noise,
+                          "peak": summ.peak},
+                  tile_results=tile_results, context=ctx)
 
 
 def _name(movie) -> str:
@@ -264,8 +270,27 @@ def _overall_certificate(tile_results, tol) -> dict:
     }
 
 
+def save_factors(path: Path, result: Result) -> None:
+    """Everything ``calseg certify`` needs besides the movie: each tile's factors and model."""
+    import json
+
+    ctx = result.context
+    arrays = {"noise": ctx.noise, "neuropil": ctx.neuropil.astype(np.float32)}
+    tiles = []
+    for r in result.tile_results:
+        t = r.tile
+        tiles.append([t.index, t.y0, t.y1, t.x0, t.x1, t.core_y0, t.core_y1, t.core_x0, t.core_x1])
+        arrays[f"A_{t.index}"] = r.A if r.A is not None else np.zeros((result.shape[0], 0), np.float32)
+        arrays[f"Z_{t.index}"] = r.Z if r.Z is not None else np.zeros((t.shape[0] * t.shape[1], 0), np.float32)
+    model = {k: getattr(ctx, k) for k in ("fps", "tau", "rise", "lam", "spatial", "temporal", "n_background",
+                                          "connectivity", "certificate_tol", "diameter")}
+    arrays["tiles"] = np.array(tiles, dtype=np.int64).reshape(-1, 9)
+    arrays["model_json"] = np.array(json.dumps(model))
+    np.savez_compressed(path, **arrays)
+
+
 OUTPUT_FILES = ("masks.tif", "footprints.tif", "regions.json", "neurons.csv", "traces.csv",
-                "spikes.csv", "certificate.json", "run.json")
+                "spikes.csv", "certificate.json", "run.json", "mean.tif", "correlation.tif")
 NEURON_COLUMNS = ["id", "centroid_y", "centroid_x", "area", "peak_dff", "snr", "score"]
 
 
@@ -296,6 +321,11 @@ def write_result(result: Result, out, *, force: bool = False, extra_info: dict |
         write_frame_table(tmp / "traces.csv", result.traces, names, result.fps)
         write_frame_table(tmp / "spikes.csv", result.spikes, names, result.fps)
         write_json(tmp / "certificate.json", result.certificate)
+        for name in ("mean", "correlation"):
+            if name in result.images:
+                tifffile.imwrite(tmp / f"{name}.tif", np.asarray(result.images[name], np.float32))
+        if result.context is not None:
+            save_factors(tmp / "factors.npz", result)
         info = dict(result.info)
         if extra_info:
             info.update(extra_info)

@@ -42,17 +42,33 @@ def _neighbour_shifts():
     return [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
+_HALF_SHIFTS = [(0, 1), (1, -1), (1, 0), (1, 1)]
+
+
 def _shifted_products(X):
-    """Sum over frames of X * X shifted by each of the 8 neighbours (zero outside), (8, H, W)."""
+    """Sum over frames of X * X shifted by each of the 8 neighbours (zero outside), (8, H, W).
+
+    Only four products are computed; the other four are the same sums seen from the neighbour.
+    """
     T, H, W = X.shape
     out = np.zeros((8, H, W), dtype=np.float64)
-    for k, (dy, dx) in enumerate(_neighbour_shifts()):
+    index = {s: k for k, s in enumerate(_neighbour_shifts())}
+    for dy, dx in _HALF_SHIFTS:
         ys = slice(max(dy, 0), H + min(dy, 0))
         yd = slice(max(-dy, 0), H + min(-dy, 0))
         xs = slice(max(dx, 0), W + min(dx, 0))
         xd = slice(max(-dx, 0), W + min(-dx, 0))
-        out[k, yd, xd] = np.einsum("tij,tij->ij", X[:, yd, xd], X[:, ys, xs], dtype=np.float64)
+        prod = np.einsum("tij,tij->ij", X[:, yd, xd], X[:, ys, xs], dtype=np.float64)
+        out[index[(dy, dx)], yd, xd] = prod
+        out[index[(-dy, -dx)], ys, xs] = prod
     return out
+
+
+def _median_over_time(X: np.ndarray) -> np.ndarray:
+    """Per-pixel median of a (t, H, W) batch, computed on contiguous pixel rows (fast)."""
+    t = X.shape[0]
+    rows = np.ascontiguousarray(X.reshape(t, -1).T)
+    return np.median(rows, axis=1).reshape(X.shape[1:])
 
 
 def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: int = 3,
@@ -90,13 +106,13 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         Xp = np.pad(X, ((0, 0), (0, pad_y), (0, pad_x))) if (pad_y or pad_x) else X
         coarse[start:start + t] = Xp.reshape(t, nby, block, nbx, block).sum(axis=(2, 4)).reshape(t, -1) / counts
         if t >= 2:
-            noise_parts.append((np.median(np.abs(np.diff(X, axis=0)), axis=0) * _MAD_TO_SD, t))
+            noise_parts.append((_median_over_time(np.abs(np.diff(X, axis=0))) * _MAD_TO_SD, t))
         mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)
         s1 += mu * t
         Xc = X - mu
         s2 += np.einsum("tij,tij->ij", Xc, Xc, dtype=np.float64)
         cross += _shifted_products(Xc)
-        batches.append((start, t, np.median(X, axis=0)))
+        batches.append((start, t, _median_over_time(X)))
         done += t
         if progress is not None:
             progress(done, 2 * T)
@@ -132,10 +148,14 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
     # second pass for the peak image needs baselines: reuse per-batch medians (no re-read of data
     # beyond one more streaming pass, which also keeps memory bounded)
     k = max(int(smooth_frames), 1)
-    kernel = np.ones(k, dtype=np.float32) / k
     base = np.median(np.stack([b for _, _, b in batches]), axis=0).astype(np.float32)
     for start, X in movie.iter_batches(batch_size, dtype=np.float32):
-        Xs = ndimage.convolve1d(np.asarray(X, np.float32), kernel, axis=0, mode="nearest")
+        X = np.asarray(X, np.float32)
+        if X.shape[0] > k:
+            c = np.cumsum(X, axis=0, dtype=np.float32)
+            Xs = (c[k - 1:] - np.concatenate([np.zeros_like(c[:1]), c[:-k]])) / k
+        else:
+            Xs = X.mean(axis=0, keepdims=True)
         np.maximum(peak, ((Xs - base) / noise).max(axis=0), out=peak)
         done += X.shape[0]
         if progress is not None:

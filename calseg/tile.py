@@ -67,6 +67,8 @@ class TileResult:
     components: list[Component]
     certificate: dict | None
     info: dict = field(default_factory=dict)
+    A: np.ndarray | None = None   # (T, r) the tile's final factors, normalised units (for re-checking)
+    Z: np.ndarray | None = None   # (P, r)
 
 
 def background_dictionary(n_frames: int, n_fourier: int, neuropil: np.ndarray) -> np.ndarray:
@@ -86,24 +88,37 @@ def background_dictionary(n_frames: int, n_fourier: int, neuropil: np.ndarray) -
     return Q[:, keep]
 
 
+def tile_model(n_frames: int, ctx: TileContext):
+    """The temporal operator D and background dictionary F a tile is factorized with."""
+    from .model.temporal import DecayOperator
+
+    op = DecayOperator.from_tau(n_frames, ctx.tau, ctx.fps, rise=ctx.rise)
+    return op, background_dictionary(n_frames, ctx.n_background, ctx.neuropil)
+
+
+def read_tile(movie, tile: Tile, noise: np.ndarray):
+    """A tile's data as (T, P) float32, each pixel minus its mean and divided by its noise SD."""
+    Y = movie.read(rows=tile.rows, cols=tile.cols, dtype=np.float32)
+    T, h, w = Y.shape
+    sigma = noise[tile.rows, tile.cols].astype(np.float32)
+    mu = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
+    Y -= mu
+    Y /= sigma
+    return Y.reshape(T, h * w), mu, sigma
+
+
 def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     """Factorize one tile of ``movie`` (see module docstring)."""
     from .factorize import factorize
-    from .model.temporal import DecayOperator
     from .seeds import init_factors
 
     t0 = time.perf_counter()
     h, w = tile.shape
-    Y = movie.read(rows=tile.rows, cols=tile.cols, dtype=np.float32)
-    T = Y.shape[0]
-    sigma = ctx.noise[tile.rows, tile.cols].astype(np.float32)
-    mu = Y.mean(axis=0, dtype=np.float64).astype(np.float32)
-    Yn = ((Y - mu) / sigma).reshape(T, h * w)
-    del Y
+    Yn, mu, sigma = read_tile(movie, tile, ctx.noise)
+    T = Yn.shape[0]
     t_read = time.perf_counter() - t0
 
-    op = DecayOperator.from_tau(T, ctx.tau, ctx.fps, rise=ctx.rise)
-    F = background_dictionary(T, ctx.n_background, ctx.neuropil)
+    op, F = tile_model(T, ctx)
 
     inside = ((ctx.seeds[:, 0] >= tile.y0) & (ctx.seeds[:, 0] < tile.y1)
               & (ctx.seeds[:, 1] >= tile.x0) & (ctx.seeds[:, 1] < tile.x1)) if len(ctx.seeds) else np.zeros(0, bool)
@@ -128,7 +143,8 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
             "stop_reason": fact.stop_reason, "objective": float(fact.objective),
             "seconds_read": t_read, "seconds_factorize": t_fact,
             "seconds": time.perf_counter() - t0}
-    return TileResult(tile=tile, components=comps, certificate=cert, info=info)
+    return TileResult(tile=tile, components=comps, certificate=cert, info=info,
+                      A=np.asarray(fact.A, np.float32), Z=np.asarray(fact.Z, np.float32))
 
 
 def _rescale(Yn, op, F, A, Z):
