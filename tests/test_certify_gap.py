@@ -1,0 +1,232 @@
+"""Duality-gap certificate and rank growth (calseg.certify.gap).
+
+Nuclear-norm case (l2-only signed norms): the optimum is singular value thresholding, so P* is
+known in closed form and gap >= F - P* can be checked exactly; with an unpenalised background
+the optimum is SVT of the background-projected data. A dense calcium-like decay operator is
+built in the test and solved by accelerated proximal gradient (APG)."""
+import json
+
+import numpy as np
+import pytest
+
+from calseg.certify.gap import Atom, Certificate, append_atom, certify
+from calseg.errors import ConfigError, InputError
+from calseg.model.background import fourier_background
+from calseg.prox.composite import CompositeNorm
+
+L2 = CompositeNorm(1.0, 0.0, 0.0, nonnegative=False)
+
+
+class DenseOp:
+    """Temporal operator given as a dense (T, T) matrix (test-only)."""
+
+    def __init__(self, D):
+        self.D = np.asarray(D, dtype=np.float64)
+        self.n_frames = self.D.shape[0]
+        self.norm_sq = float(np.linalg.norm(self.D, 2) ** 2)
+
+    def apply(self, X):
+        return self.D @ X
+
+    def adjoint(self, R):
+        return self.D.T @ R
+
+
+def decay_matrix(T, dt=0.2, tau=0.51 / np.log(2)):
+    """Normalised causal exponential-decay dictionary (METHOD 1.2), built densely."""
+    i = np.arange(T)
+    M = np.tril(np.exp(-np.clip(i[:, None] - i[None, :], 0, None) * dt / tau))
+    return M / np.linalg.norm(M, axis=0)
+
+
+def svt_problem(seed=2, T=60, P=80, r0=5, noise=0.5):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(T, r0)) @ rng.normal(size=(r0, P)) + noise * rng.normal(size=(T, P))
+
+
+def svt_point(Y, lam, k):
+    U, s, Vt = np.linalg.svd(Y, full_matrices=False)
+    d = np.maximum(s[:k] - lam, 0)
+    return U[:, :k] * np.sqrt(d), Vt[:k].T * np.sqrt(d), s
+
+
+def p_star_svt(s, lam):
+    return 0.5 * np.sum(np.minimum(s, lam) ** 2) + lam * np.sum(np.maximum(s - lam, 0))
+
+
+def objective(Y, D, A, Z, lam, F=None):
+    R = Y - D @ A @ Z.T
+    if F is not None:
+        R -= F @ np.linalg.lstsq(F, R, rcond=None)[0]
+    theta = np.sum(np.linalg.norm(A, axis=0) * np.linalg.norm(Z, axis=0))
+    return 0.5 * np.sum(R ** 2) + lam * theta
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_gap_bounds_suboptimality_at_truncated_svt(background):
+    Y = svt_problem()
+    T = Y.shape[0]
+    lam = 12.0
+    F = fourier_background(T, 3) if background else None
+    Yp = Y - F @ (F.T @ Y) if background else Y       # optimum = SVT of the projected data
+    op = DenseOp(np.eye(T))
+    _, _, s = svt_point(Yp, lam, 0)
+    Pstar = p_star_svt(s, lam)
+    k_star = int(np.sum(s > lam))
+    assert 2 <= k_star <= 6
+    for k in range(0, k_star + 2):
+        A, Z, _ = svt_point(Yp, lam, k)
+        cert, atom = certify(Y, op, A, Z, lam=lam, temporal=L2, spatial=L2, background=F,
+                             tol=1e-6)
+        assert cert.objective == pytest.approx(objective(Y, np.eye(T), A, Z, lam, F), rel=1e-12)
+        subopt = cert.objective - Pstar
+        assert cert.gap >= subopt - 1e-9 * cert.objective
+        assert cert.dual_value <= Pstar + 1e-9 * cert.objective     # weak duality
+        assert cert.rho_low <= cert.rho_up
+        if k < k_star:
+            assert cert.status == "bounded" and subopt > 0
+            assert cert.rho_low == pytest.approx(s[k], rel=1e-6)    # next singular value
+            assert atom is not None and atom.rho > lam
+        else:
+            assert cert.status == "certified"
+            assert cert.relative_gap <= 1e-6 and abs(subopt) <= 1e-8 * cert.objective
+
+
+def test_gap_bounds_suboptimality_along_apg_with_decay_operator():
+    Y = svt_problem(seed=3, T=40, P=50, r0=4)
+    T = Y.shape[0]
+    D = decay_matrix(T)
+    op = DenseOp(D)
+    lam = 8.0
+    L = np.linalg.norm(D, 2) ** 2
+
+    def svt(M, th):
+        u, s, vt = np.linalg.svd(M, full_matrices=False)
+        return u, np.maximum(s - th, 0), vt
+
+    X = np.zeros_like(Y)
+    V = X.copy()
+    t = 1.0
+    snaps = {}
+    for it in range(1, 3001):
+        u, s2, vt = svt(V - D.T @ (D @ V - Y) / L, lam / L)
+        Xn = (u * s2) @ vt
+        tn = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
+        V = Xn + (t - 1) / tn * (Xn - X)
+        X, t = Xn, tn
+        if it in (3, 10, 40, 150, 3000):
+            k = int(np.sum(s2 > 1e-12))
+            snaps[it] = (u[:, :k] * np.sqrt(s2[:k]), vt[:k].T * np.sqrt(s2[:k]))
+    final, _ = certify(Y, op, *snaps[3000], lam=lam, temporal=L2, spatial=L2, tol=1e-6)
+    assert final.status == "certified" and final.relative_gap <= 1e-6
+    # P* lies in [dual_value, objective] of the converged point
+    p_lo, p_hi = final.dual_value, final.objective
+    assert p_hi - p_lo <= 1e-6 * p_hi
+    prev_gap = np.inf
+    for it in (3, 10, 40, 150):
+        cert, _ = certify(Y, op, *snaps[it], lam=lam, temporal=L2, spatial=L2, tol=1e-6)
+        assert cert.gap >= cert.objective - p_lo - 1e-9 * p_hi       # >= F - P*
+        assert cert.gap >= 0
+        assert cert.status == "bounded"
+        assert cert.objective >= p_lo
+        prev_gap = min(prev_gap, cert.gap)
+    assert final.gap < prev_gap
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_append_atom_predicted_decrease_is_actual(background):
+    Y = svt_problem(seed=4, T=40, P=30, r0=3)
+    T = Y.shape[0]
+    D = decay_matrix(T)
+    op = DenseOp(D)
+    lam = 6.0
+    F = fourier_background(T, 3) if background else None
+    rng = np.random.default_rng(0)
+    A, Z = 0.1 * rng.normal(size=(T, 1)), 0.1 * rng.normal(size=(30, 1))
+    cert, atom = certify(Y, op, A, Z, lam=lam, temporal=L2, spatial=L2, background=F)
+    assert atom is not None and atom.rho > lam
+    A2, Z2 = append_atom(Y, op, A, Z, atom, lam=lam, background=F)
+    assert A2.shape == (T, 2) and Z2.shape == (30, 2)
+    Dphi = D @ atom.phi
+    if F is not None:
+        Dphi -= F @ (F.T @ Dphi)
+    predicted = (atom.rho - lam) ** 2 / (2 * (Dphi @ Dphi) * (atom.psi @ atom.psi))
+    actual = objective(Y, D, A, Z, lam, F) - objective(Y, D, A2, Z2, lam, F)
+    assert actual == pytest.approx(predicted, rel=1e-9)
+    assert actual > 0
+    with pytest.raises(InputError, match="does not decrease"):
+        append_atom(Y, op, A, Z, Atom(atom.phi, -atom.psi, atom.rho), lam=lam, background=F)
+
+
+def _blob_movie(seed, missed=True):
+    """Two blobs with sparse calcium activity; the factorisation knows only the first."""
+    rng = np.random.default_rng(seed)
+    H, Wd, T = 12, 12, 60
+    D = decay_matrix(T)
+    z1 = np.zeros((H, Wd))
+    z1[2:5, 2:5] = 1.0
+    z2 = np.zeros((H, Wd))
+    z2[7:10, 6:9] = 1.0
+    a1 = 6.0 * (rng.uniform(size=T) < 0.1)
+    a2 = 6.0 * (rng.uniform(size=T) < 0.1)
+    Y = D @ (np.outer(a1, z1.ravel()) + np.outer(a2, z2.ravel())) + 0.3 * rng.normal(size=(T, H * Wd))
+    return Y.astype(np.float32), D, a1, z1.ravel(), z2.ravel(), (H, Wd)
+
+
+def test_missed_blob_gives_improving_atom():
+    Y, D, a1, z1, z2, shape = _blob_movie(5)
+    op = DenseOp(D)
+    temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
+    spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
+    lam = 1.0
+    A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
+    cert, atom = certify(Y, op, A, Z, lam=lam, temporal=temporal, spatial=spatial, tol=1e-3)
+    assert cert.status == "bounded"
+    assert cert.rho_low > lam and atom is not None and atom.rho == cert.rho_low
+    assert cert.rho_low <= cert.rho_up
+    # the atom sits on the missed blob
+    assert atom.psi[z2 > 0].sum() > 0.8 * atom.psi.sum()
+    assert temporal.value(atom.phi)[0] == pytest.approx(1, rel=1e-9)
+    assert spatial.value(atom.psi)[0] == pytest.approx(1, rel=1e-9)
+    A2, Z2 = append_atom(Y, op, A, Z, atom, lam=lam)
+    cert2, _ = certify(Y, op, A2, Z2, lam=lam, temporal=temporal, spatial=spatial, tol=1e-3,
+                       effort="low")
+    assert cert2.objective < cert.objective
+    json.dumps(cert.to_dict())
+
+
+def test_float32_data_matches_float64():
+    Y = svt_problem(seed=6, T=30, P=40, r0=3)
+    op = DenseOp(np.eye(30))
+    A, Z, _ = svt_point(Y, 5.0, 2)
+    c64, _ = certify(Y, op, A, Z, lam=5.0, temporal=L2, spatial=L2)
+    c32, _ = certify(Y.astype(np.float32), op, A, Z, lam=5.0, temporal=L2, spatial=L2)
+    assert c32.objective == pytest.approx(c64.objective, rel=1e-5)
+    assert c32.rho_up == pytest.approx(c64.rho_up, rel=1e-4)
+    assert c32.rho_up >= c64.rho_up * (1 - 1e-6)
+
+
+def test_certificate_is_frozen_and_serialisable():
+    Y = svt_problem(seed=7, T=20, P=25, r0=2)
+    cert, _ = certify(Y, DenseOp(np.eye(20)), np.zeros((20, 0)), np.zeros((25, 0)), lam=3.0,
+                      temporal=L2, spatial=L2)
+    assert isinstance(cert, Certificate)
+    with pytest.raises(AttributeError):
+        cert.gap = 0.0
+    d = json.loads(json.dumps(cert.to_dict()))
+    assert d["status"] in ("certified", "bounded") and d["bounds"]["split"] is None
+    assert cert.objective == pytest.approx(0.5 * np.sum(Y ** 2))
+
+
+def test_validation():
+    Y = np.ones((5, 6))
+    op = DenseOp(np.eye(5))
+    A, Z = np.zeros((5, 1)), np.zeros((6, 1))
+    with pytest.raises(ConfigError, match="lam"):
+        certify(Y, op, A, Z, lam=0.0, temporal=L2, spatial=L2)
+    with pytest.raises(InputError, match="Z must have shape"):
+        certify(Y, op, A, np.zeros((7, 1)), lam=1.0, temporal=L2, spatial=L2)
+    with pytest.raises(ConfigError, match="effort"):
+        certify(Y, op, A, Z, lam=1.0, temporal=L2, spatial=L2, effort="max")
+    with pytest.raises(InputError, match="background"):
+        certify(Y, op, A, Z, lam=1.0, temporal=L2, spatial=L2, background=np.ones((4, 1)))
