@@ -274,7 +274,10 @@ def test_motion_shifts_saved_and_applied(tmp_path):
     out = tmp_path / "moving"
     simulate(out, preset="easy", height=64, width=64, n_frames=120, n_neurons=8, motion=True,
              seed=4)
-    movie, p, *_ = load(out)
+    movie, p, regions, labels, foot = load(out)
+    # footprints live in the reference frame, each normalised to max 1 inside the field
+    assert np.allclose(foot.reshape(len(foot), -1).max(1), 1.0)
+    assert all(len(r["coordinates"]) > 0 for r in regions)
     header, D = read_table(out / "truth" / "motion.csv")
     assert header == ["frame", "dy", "dx"] and D.shape == (120, 3)
     shifts = D[:, 1:]
@@ -334,7 +337,7 @@ def test_interrupted_run_leaves_nothing(tmp_path):
     (dict(n_frames=1), ["n_frames", "1", "2"]),
     (dict(fps=0.0), ["fps", "0.0", "0.1"]),
     (dict(fps=float("nan")), ["fps", "nan"]),
-    (dict(n_neurons=-1), ["n_neurons", "-1", "0"]),
+    (dict(n_neurons=0), ["n_neurons", "0", "[1, "]),
     (dict(n_neurons=10_000, height=32, width=32), ["n_neurons", "10000", "too many"]),
     (dict(cell_diameter=1.0), ["cell_diameter", "1.0", "3.0"]),
     (dict(cell_diameter=30.0, height=32, width=32), ["cell_diameter", "30.0", "16"]),
