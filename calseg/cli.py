@@ -28,23 +28,23 @@ class _Group(click.Group):
         except CalsegError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"calseg: error: {exc}", err=True)
+            _say_error(f"calseg: error: {exc}")
             ctx.exit(1)
         except MemoryError:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo("calseg: error: out of memory (try --max-memory or a smaller tile size)", err=True)
+            _say_error("calseg: error: out of memory (try --max-memory or a smaller tile size)")
             ctx.exit(1)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except KeyboardInterrupt:
-            click.echo("calseg: interrupted", err=True)
+            _say_error("calseg: interrupted")
             ctx.exit(130)
         except Exception as exc:  # a bug: say so in one line unless asked for the traceback
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"calseg: internal error: {type(exc).__name__}: {exc} "
-                       "(rerun with --debug for the traceback)", err=True)
+            _say_error(f"calseg: internal error: {type(exc).__name__}: {exc} "
+                       "(rerun with --debug for the traceback)")
             ctx.exit(1)
 
 
@@ -52,8 +52,10 @@ class _Group(click.Group):
 @click.version_option(__version__, "-V", "--version", prog_name="calseg")
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug log lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print errors.")
+@click.option("--log-file", "log_file", type=click.Path(dir_okay=False), default=None,
+              help="Also append every log line (with time and process id) to this file.")
 @click.pass_context
-def main(ctx, debug, quiet):
+def main(ctx, debug, quiet, log_file):
     """calseg: neurons, traces and spikes from calcium-imaging recordings.
 
     Every result carries a certificate: a bound on its distance from the global optimum of the
@@ -62,8 +64,74 @@ def main(ctx, debug, quiet):
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     ctx.obj["quiet"] = quiet
-    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.INFO)
-    logging.basicConfig(level=level, format="calseg: %(message)s", stream=sys.stderr)
+    _setup_logging(debug=debug, quiet=quiet, log_file=log_file)
+
+
+# ---- logging (--quiet / --debug / --log-file), owned by the batch work -------------------------
+
+
+def _setup_logging(*, debug: bool, quiet: bool, log_file: str | None) -> None:
+    """One stderr handler (``calseg: message``) and, with ``--log-file``, one appending file handler.
+
+    The handlers are (re)installed on the root logger on every invocation, replacing those of an
+    earlier invocation in the same process (tests), and bound to the current ``sys.stderr``.
+    ``--quiet`` raises only the stderr handler's threshold, so the log file still gets every line.
+    """
+    from .errors import OutputError
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_calseg", False):
+            root.removeHandler(h)
+            h.close()
+    stderr_level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.INFO)
+    file_level = logging.DEBUG if debug else logging.INFO
+    err = _StderrHandler()
+    err.setFormatter(logging.Formatter("calseg: %(message)s"))
+    err.setLevel(stderr_level)
+    err._calseg = True
+    root.addHandler(err)
+    level = stderr_level
+    if log_file:
+        try:
+            fh = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"{log_file}: cannot open the log file ({exc.strerror or exc})") from None
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"))
+        fh.setLevel(file_level)
+        fh._calseg = True
+        fh._calseg_file = True
+        root.addHandler(fh)
+        level = min(level, file_level)
+    root.setLevel(level)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (click's test runner swaps it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _say_error(text: str) -> None:
+    """The one-line error on stderr, and in the --log-file when there is one."""
+    click.echo(text, err=True)
+    _log_to_file(text)
+
+
+def _log_to_file(text: str) -> None:
+    """Append a line that went to stderr by click.echo (errors) to the --log-file, if any."""
+    for h in logging.getLogger().handlers:
+        if getattr(h, "_calseg_file", False):
+            h.handle(logging.LogRecord("calseg", logging.ERROR, __file__, 0, text, None, None))
 
 
 def _echo_json(obj) -> None:
@@ -483,6 +551,73 @@ def config_cmd(config_path):
 
     settings = Settings.from_toml(config_path) if config_path else Settings()
     click.echo(settings.to_toml(), nl=False)
+
+
+# --------------------------------------------------------------------------- batch
+# (section owned by the batch work: calseg/batch.py, calseg/locking.py)
+
+
+@main.command("batch", context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1)
+@click.option("-o", "--output", "outroot", required=True, type=click.Path(file_okay=False),
+              help="Output root: one folder per recording, plus batch.csv and batch.json.")
+@click.option("--list", "list_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A file listing inputs, one per line (# comments); same as @FILE. Repeatable.")
+@_run_options
+@click.option("--force", is_flag=True, help="Redo recordings whose outputs are complete and current.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the batch summary as JSON on stdout (and nothing else there).")
+@click.pass_context
+def batch_cmd(ctx, inputs, outroot, list_files, config_path, force, as_json, **options):
+    """Process many recordings into OUTROOT/NAME folders; safe to rerun, kill, and overlap.
+
+    INPUTS are TIFF files, folders, quoted globs ('data/*.tif') or @LISTFILE. A folder in the
+    Neurofinder layout (images/*.tif) or of single-frame TIFFs is one recording; a folder of
+    multi-frame TIFFs is one recording per file; a folder of such folders, one per subfolder.
+
+    \b
+    A recording is skipped when OUTROOT/NAME is complete and was made from the same input
+    (fingerprint) with the same settings (--force redoes it). A lock in OUTROOT/.locks keeps two
+    runs off the same recording (the second reports it as 'locked'). Results are written
+    atomically, so a killed run leaves no half-written folder and the next run finishes the job.
+    A bad recording is reported and the others still run. OUTROOT/batch.csv and batch.json list
+    each recording's status (done, skipped, locked, failed), neurons, certificate and time.
+
+    Exit code 0 when every recording is done or skipped, 1 otherwise.
+    """
+    import signal
+
+    from .batch import find_recordings, run_batch
+
+    if not inputs and not list_files:
+        raise click.UsageError("give at least one input (file, folder, glob or @LISTFILE) or --list")
+    settings = _settings_from(config_path, options)
+    recordings = find_recordings(inputs, list_files=list_files, exclude=outroot)
+    if not recordings:
+        from .errors import InputError
+
+        raise InputError("the inputs name no recordings")
+    log.info("batch: %d recording(s) -> %s", len(recordings), outroot)
+    bar = _Progress(ctx.obj.get("quiet"))
+
+    def on_term(signum, frame):  # cron/systemd stop: clean up like Ctrl-C
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        summary = run_batch(recordings, outroot, settings, force=force, debug=ctx.obj.get("debug"),
+                            progress=lambda name, stage, d, t: bar(f"{name} {stage}", d, t))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if as_json:
+        _echo_json(summary)
+    elif not ctx.obj.get("quiet"):
+        c = summary["counts"]
+        parts = [f"{c[k]} {k}" for k in ("done", "skipped", "locked", "failed") if c.get(k)]
+        click.echo(f"{summary['n_recordings']} recording(s): {', '.join(parts)} -> "
+                   f"{outroot}/batch.csv")
+    if summary["exit_code"]:
+        ctx.exit(summary["exit_code"])
 
 
 if __name__ == "__main__":  # pragma: no cover
