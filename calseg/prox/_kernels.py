@@ -83,9 +83,8 @@ def tv1d_condat(y, lam, x):
                 umax = -lam
             else:
                 k += 1
-                yk = np.float64(y[k])
-                umin += yk - vmin
-                umax += yk - vmax
+                umin += yk1 - vmin
+                umax += yk1 - vmax
                 if umin >= lam:
                     vmin += (umin - lam) / (k - k0 + 1)
                     umin = lam
@@ -151,17 +150,100 @@ def dykstra_mean(Y, D, X):
 
 
 @njit(parallel=True)
-def dykstra_family(X, Df, c, k, starts, lengths, stride, maxlen, want_gap, gapbuf):
-    """One family step of parallel Dykstra, in place on ``Df``; optional prox-gap terms.
+def family_prox(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf):
+    """One family step of accelerated parallel Dykstra, in place on ``Df`` and ``Dold``.
 
-    For every image j and chain (start, length) of the family: ``z = X[j] + Df[j]`` on the chain,
-    ``p = prox_{k c_j TV_chain}(z)`` (Condat), ``Df[j] = z - p`` on the chain. Before the update,
-    if ``want_gap``, ``gapbuf[j, ch] = sum_e c_j |x_a - x_b| - q_e (x_a - x_b)`` over the chain's
-    edges e = (a, b = next), with the family dual ``q = cumsum(Df[j] on chain) / k``, which
-    satisfies ``|q| <= c_j`` and ``Df = D_f^T (k q)``.
+    For every image j with ``c[j] > 0`` and chain (start, length) of the family:
+    ``z = X[j] + Df[j]`` on the chain, ``p = prox_{k c_j TV_chain}(z)`` (Condat),
+    ``Df[j] <- d = z - p`` and ``Dold[j] <- d + beta[j] * (d - Dold[j])`` on the chain (FISTA
+    extrapolation). ``dotbuf[j, g] = sum (Df_in - d) * (d - Dold_in)`` over the chains of group g
+    (O'Donoghue-Candes gradient restart test: restart when its total is > 0). Images with
+    ``c[j] == 0`` are left untouched.
 
-    X : (r, n); Df : (r, n); c : (r,) float64 (images with c == 0 are skipped);
-    starts, lengths : (nch,) int64; gapbuf : (r, nch) float64.
+    Chains are processed in groups of ``group`` consecutive entries of ``starts``: for strided
+    families, consecutive starts are adjacent pixels, so gathering element i of every chain of a
+    group reads contiguous memory.
+
+    X : (r, n); Df, Dold : (r, n); c, beta : (r,) float64; k : int (number of families);
+    starts, lengths : (nch,) int64; stride : int; group : int >= 1;
+    dotbuf : (r, ceil(nch / group)) float64.
+    """
+    r = X.shape[0]
+    nch = starts.shape[0]
+    ngr = (nch + group - 1) // group
+    maxlen = 0
+    for ch in range(nch):
+        if lengths[ch] > maxlen:
+            maxlen = lengths[ch]
+    for t in prange(r * ngr):
+        j = t // ngr
+        gi = t - j * ngr
+        cj = c[j]
+        if cj <= 0.0:
+            dotbuf[j, gi] = 0.0
+            continue
+        b = beta[j]
+        c0 = gi * group
+        c1 = min(c0 + group, nch)
+        G = c1 - c0
+        z = np.empty((G, maxlen), dtype=X.dtype)
+        p = np.empty(maxlen, dtype=X.dtype)
+        gl = 0
+        for g in range(G):
+            if lengths[c0 + g] > gl:
+                gl = lengths[c0 + g]
+        # gather z = X + Df along each chain
+        if stride == 1:
+            for g in range(G):
+                s0 = starts[c0 + g]
+                for i in range(lengths[c0 + g]):
+                    z[g, i] = X[j, s0 + i] + Df[j, s0 + i]
+        else:
+            for i in range(gl):
+                for g in range(G):
+                    if i < lengths[c0 + g]:
+                        idx = starts[c0 + g] + i * stride
+                        z[g, i] = X[j, idx] + Df[j, idx]
+        dot = 0.0
+        for g in range(G):
+            m = lengths[c0 + g]
+            s0 = starts[c0 + g]
+            tv1d_condat(z[g, :m], k * cj, p[:m])
+            for i in range(m):
+                z[g, i] -= p[i]
+        # scatter d, the extrapolated point, and the restart inner product
+        if stride == 1:
+            for g in range(G):
+                s0 = starts[c0 + g]
+                for i in range(lengths[c0 + g]):
+                    idx = s0 + i
+                    dn = z[g, i]
+                    do = Dold[j, idx]
+                    dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
+                    Df[j, idx] = dn
+                    Dold[j, idx] = dn + b * (dn - do)
+        else:
+            for i in range(gl):
+                for g in range(G):
+                    if i < lengths[c0 + g]:
+                        idx = starts[c0 + g] + i * stride
+                        dn = z[g, i]
+                        do = Dold[j, idx]
+                        dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
+                        Df[j, idx] = dn
+                        Dold[j, idx] = dn + b * (dn - do)
+        dotbuf[j, gi] = dot
+
+
+@njit(parallel=True)
+def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf):
+    """Prox-gap terms of one family: ``gapbuf[j, ch] = sum_e c_j |dx_e| - q_e dx_e``.
+
+    Over the chain's edges e = (a, next a), ``dx_e = X[j, a] - X[j, next]`` and the family dual
+    ``q = cumsum(Df[j] along the chain) / k`` (so ``Df = D_f^T (k q)``); each term is >= 0 when
+    ``|q| <= c_j``. Accumulated in float64.
+
+    X, Df : (r, n); c : (r,) float64; gapbuf : (r, nch) float64.
     """
     r = X.shape[0]
     nch = starts.shape[0]
@@ -169,27 +251,15 @@ def dykstra_family(X, Df, c, k, starts, lengths, stride, maxlen, want_gap, gapbu
         j = t // nch
         ch = t - j * nch
         cj = c[j]
-        if cj <= 0.0:
-            continue
         s0 = starts[ch]
         m = lengths[ch]
-        z = np.empty(maxlen, dtype=X.dtype)
-        p = np.empty(maxlen, dtype=X.dtype)
-        if want_gap:
-            g = 0.0
-            u = 0.0
-            xa = np.float64(X[j, s0])
-            for i in range(m - 1):
-                u += np.float64(Df[j, s0 + i * stride])
-                xb = np.float64(X[j, s0 + (i + 1) * stride])
-                dx = xa - xb
-                g += cj * abs(dx) - (u / k) * dx
-                xa = xb
-            gapbuf[j, ch] = g
-        for i in range(m):
-            idx = s0 + i * stride
-            z[i] = X[j, idx] + Df[j, idx]
-        tv1d_condat(z[:m], k * cj, p[:m])
-        for i in range(m):
-            idx = s0 + i * stride
-            Df[j, idx] = z[i] - p[i]
+        g = 0.0
+        u = 0.0
+        xa = np.float64(X[j, s0])
+        for i in range(m - 1):
+            u += np.float64(Df[j, s0 + i * stride])
+            xb = np.float64(X[j, s0 + (i + 1) * stride])
+            dx = xa - xb
+            g += cj * abs(dx) - (u / k) * dx
+            xa = xb
+        gapbuf[j, ch] = g
