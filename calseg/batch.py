@@ -140,8 +140,10 @@ def _n_frames_at_least_two(path: Path) -> bool | None:
     """Whether a TIFF holds more than one frame (None: cannot tell, e.g. corrupt)."""
     import tifffile
 
+    from .io.tiff import _quiet_tifffile  # keep tifffile's complaints about bad files off stderr
+
     try:
-        with tifffile.TiffFile(str(path)) as tf:
+        with _quiet_tifffile(), tifffile.TiffFile(str(path)) as tf:
             ij = tf.imagej_metadata or {}
             if int(ij.get("images", 1) or 1) > 1:
                 return True
@@ -515,6 +517,7 @@ def run_batch(recordings, outroot, settings, *, force: bool = False, progress=No
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     outcomes = [Outcome(name=r.name, input=r.source, output=str(outroot / r.name))
                 for r in recordings]
+    write_summary(outroot, outcomes, started=started)  # early: a full or read-only disk fails here
     clean_leftovers(outroot)
     n = len(recordings)
     current = None

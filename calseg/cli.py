@@ -103,6 +103,7 @@ def _setup_logging(*, debug: bool, quiet: bool, log_file: str | None) -> None:
         fh._calseg_file = True
         root.addHandler(fh)
         level = min(level, file_level)
+        _log_to_file("calseg " + " ".join(sys.argv[1:]), logging.INFO)
     root.setLevel(level)
 
 
@@ -127,11 +128,12 @@ def _say_error(text: str) -> None:
     _log_to_file(text)
 
 
-def _log_to_file(text: str) -> None:
-    """Append a line that went to stderr by click.echo (errors) to the --log-file, if any."""
+def _log_to_file(text: str, level: int = logging.ERROR) -> None:
+    """Append a line that is not a log record (errors echoed by click, the command line) to the
+    --log-file, if any."""
     for h in logging.getLogger().handlers:
         if getattr(h, "_calseg_file", False):
-            h.handle(logging.LogRecord("calseg", logging.ERROR, __file__, 0, text, None, None))
+            h.handle(logging.LogRecord("calseg", level, __file__, 0, text, None, None))
 
 
 def _echo_json(obj) -> None:
@@ -562,7 +564,8 @@ def config_cmd(config_path):
 @click.option("-o", "--output", "outroot", required=True, type=click.Path(file_okay=False),
               help="Output root: one folder per recording, plus batch.csv and batch.json.")
 @click.option("--list", "list_files", multiple=True, type=click.Path(dir_okay=False),
-              help="A file listing inputs, one per line (# comments); same as @FILE. Repeatable.")
+              help="A file listing inputs, one per line (# comments; relative paths are relative "
+                   "to the file's folder); same as @FILE. Repeatable.")
 @_run_options
 @click.option("--force", is_flag=True, help="Redo recordings whose outputs are complete and current.")
 @click.option("--json", "as_json", is_flag=True,

@@ -409,3 +409,25 @@ def test_end_to_end_real_pipeline(tmp_path):
     assert row["certificate"] in ("certified", "bounded", "not computed")
     res = cli("batch", sim / "movie.tif", "-o", out, "--json", "--workers", 1)
     assert json.loads(res.stdout)["recordings"][0]["status"] == "skipped"
+
+
+def test_sigterm_stops_cleanly(tmp_path):
+    """cron/systemd stop a run with SIGTERM: exit 130, summary says where it stopped, no leftovers."""
+    for k in range(2):
+        movie(tmp_path / "in" / f"r{k}.tif", seed=k)
+    out = tmp_path / "out"
+    marker = tmp_path / "calls.jsonl"
+    proc = _start(["batch", tmp_path / "in", "-o", out, "--fps", 10],
+                  {"CALSEG_TEST_SLOW_SEGMENT": "3", "CALSEG_TEST_MARKER": str(marker)})
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    so, se = proc.communicate(timeout=30)
+    assert proc.returncode == 130, se.decode()
+    assert "calseg: interrupted" in se.decode()
+    r = rows(out)
+    assert (r["r0"]["status"], r["r1"]["status"]) == ("interrupted", "pending")
+    assert not (out / "r0").exists() and leftovers(out) == []
+    assert list((out / ".locks").iterdir()) == []

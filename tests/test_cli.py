@@ -226,6 +226,7 @@ def test_log_file_appends_everything(tmp_path, fake):
     res = cli("--quiet", "--log-file", log, "batch", src, "-o", tmp_path / "root", "--fps", 10)
     assert res.exit_code == 0 and res.stderr == ""
     first = log.read_text().splitlines()
+    assert f" INFO [{os.getpid()}] calseg: calseg " in first[0]  # each invocation opens with its argv
     assert any("[1/1] m: done" in ln for ln in first)  # --quiet silences stderr, not the file
     assert all(f"[{os.getpid()}]" in ln and (" INFO " in ln or " ERROR " in ln) for ln in first)
     res = cli("--log-file", log, "run", tmp_path / "missing.tif", "-o", tmp_path / "o", "--fps", 10)
@@ -240,7 +241,7 @@ def test_log_file_appends_everything(tmp_path, fake):
 
 def test_debug_shows_tracebacks(tmp_path):
     res = cli("run", tmp_path / "missing.tif", "-o", tmp_path / "o", "--fps", 10)
-    assert res.exit_code == 1 and res.exception is None or isinstance(res.exception, SystemExit)
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
     res = cli("--debug", "run", tmp_path / "missing.tif", "-o", tmp_path / "o", "--fps", 10)
     assert res.exit_code == 1 and type(res.exception).__name__ == "InputError"
     proc = subprocess.run([sys.executable, "-m", "calseg.cli", "--debug", "run",
