@@ -59,7 +59,11 @@ calibrated so that these statistics, measured on the simulated movie with the es
 ``tests/test_simulate.py::test_realistic_statistics``, land on the targets (e.g. ``amplitude`` and
 ``neuropil_fluct`` are larger than the measured 0.55 / 8 % because a region of interest mixes
 in neuropil and smoothing removes part of the fluctuation). Motion is off because the measured
-clip was already registered.
+clip was already registered. Measured on a full-size realistic simulation (512 x 512 x 600,
+seed 7, 315 cells): noise SD / mean 1.01, median area 66 px, 58 % with a visible nucleus,
+mask / surround brightness 0.94, median 2 transients per cell, 24 % with none, peak dF/F median
+0.52, vessels 3.5 %, neuropil fluctuation 8.8 % (quadrant correlation 0.92); Suite2p 1.1.0
+(diameter 9, no registration) found 46 of the 315 cells (recall 0.15, precision 1.0).
 """
 from __future__ import annotations
 
