@@ -270,15 +270,12 @@ def _read_smoothed(movie, start, stop, window):
     n = stop - start
     out = np.zeros((n,) + ext.shape[1:], dtype=np.float32)
     count = np.zeros(n, dtype=np.float32)
-    t = np.arange(start, stop)
     for j in range(-h, h + 1):
-        src = t + j
-        ok = (src >= 0) & (src < T)
-        if ok.all():
-            out += ext[src - lo]
-        elif ok.any():
-            out[ok] += ext[src[ok] - lo]
-        count += ok
+        # output frames t in [a, b) have their neighbour t + j inside the recording
+        a, b = max(start, -j), min(stop, T - j)
+        if b > a:
+            out[a - start : b - start] += ext[a + j - lo : b + j - lo]
+            count[a - start : b - start] += 1
     out /= count[:, None, None]
     return out
 
@@ -386,10 +383,7 @@ class _Blocks:
         self.filt = np.stack(filts)  # (nb, by, bx//2+1)
         self.max_shift = (max_block_shift, max_block_shift)
         self.upsample = params.upsample
-        self.kernel = None
-        if smoothing > 0:
-            k = np.exp(-(np.arange(-1, 2)[:, None] ** 2 + np.arange(-1, 2)[None, :] ** 2) / (2.0 * smoothing**2))
-            self.kernel = k
+        self.weight = np.float32(np.exp(-1.0 / (2.0 * smoothing**2))) if smoothing > 0 else np.float32(0.0)
         fy = np.fft.fftfreq(self.by)[:, None]
         fx = np.fft.rfftfreq(self.bx)[None, :]
         self._fy, self._fx = fy, fx
@@ -406,10 +400,13 @@ class _Blocks:
         o = np.rint(rigid_s).astype(int)
         sy = np.clip(self.oy[None, :] + o[:, :1], 0, H - self.by)  # (B, nby)
         sx = np.clip(self.ox[None, :] + o[:, 1:], 0, W - self.bx)  # (B, nbx)
-        iy = sy[:, :, None, None, None] + np.arange(self.by)[None, None, None, :, None]
-        ix = sx[:, None, :, None, None] + np.arange(self.bx)[None, None, None, None, :]
-        tt = np.arange(b)[:, None, None, None, None]
-        blocks = frames[tt, iy, ix].reshape(b * nby * nbx, self.by, self.bx)
+        blocks = np.empty((b, nby, nbx, self.by, self.bx), dtype=np.float32)
+        for t in range(b):
+            for i in range(nby):
+                rows = frames[t, sy[t, i] : sy[t, i] + self.by]
+                for j in range(nbx):
+                    blocks[t, i, j] = rows[:, sx[t, j] : sx[t, j] + self.bx]
+        blocks = blocks.reshape(b * nby * nbx, self.by, self.bx)
         spectra, _ = frame_spectra(blocks, self.taper)
         cross = spectra.reshape(b, nby * nbx, self.by, -1) * self.filt[None]
         cross = cross.reshape(b, nby, nbx, self.by, -1)
@@ -421,13 +418,17 @@ class _Blocks:
             ramp_y = np.exp(-2j * np.pi * dy[:, :, None, None, None] * self._fy[None, None, None])
             ramp_x = np.exp(-2j * np.pi * dx[:, None, :, None, None] * self._fx[None, None, None])
             cross = cross * (ramp_y * ramp_x).astype(np.complex64)
-        if self.kernel is not None and (nby > 1 or nbx > 1):
-            pad = np.pad(cross, ((0, 0), (1, 1), (1, 1), (0, 0), (0, 0)))
-            acc = np.zeros_like(cross)
-            for i in range(3):
-                for j in range(3):
-                    acc += np.float32(self.kernel[i, j]) * pad[:, i : i + nby, j : j + nbx]
-            cross = acc
+        if self.weight > 0:
+            # separable [w, 1, w] smoothing over the block grid (diagonal neighbours get w^2)
+            for axis, n in ((1, nby), (2, nbx)):
+                if n > 1:
+                    lo = [slice(None)] * 5
+                    hi = [slice(None)] * 5
+                    lo[axis], hi[axis] = slice(0, n - 1), slice(1, n)
+                    acc = cross.copy()
+                    acc[tuple(hi)] += self.weight * cross[tuple(lo)]
+                    acc[tuple(lo)] += self.weight * cross[tuple(hi)]
+                    cross = acc
         r, _ = locate_peaks(cross.reshape(b * nby * nbx, self.by, -1), (self.by, self.bx), self.max_shift, self.upsample)
         return o[:, None, None, :] + r.reshape(b, nby, nbx, 2)
 
