@@ -319,6 +319,10 @@ def test_refuses_non_empty_dir_and_force_replaces(tmp_path):
     simulate(empty, height=32, width=32, n_frames=10, n_neurons=2)
     assert (empty / "movie.tif").exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["empty", "rec"]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="not a folder"):
+        simulate(a_file, height=32, width=32, n_frames=10, n_neurons=2, force=True)
 
 
 def test_interrupted_run_leaves_nothing(tmp_path):
