@@ -95,8 +95,12 @@ def make_result_folder(out, *, H=96, W=128, T=300, n=25, fps=10.0, diameter=12.0
 
     tifffile.imwrite(out / "masks.tif", masks)
     with tifffile.TiffWriter(out / "footprints.tif") as tw:
-        if n == 0:
-            tw.write(np.zeros((0, H, W), np.float32), compression="zlib")
+        if n == 0:  # as the pipeline writes it (tifffile warns about the empty page)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tw.write(np.zeros((0, H, W), np.float32), compression="zlib")
         for k in range(n):
             tw.write(fps_arr[k], compression="zlib", compressionargs={"level": 1})
     write_regions_json(out / "regions.json", regions_from_coordinates(regions, ids=list(range(1, n + 1))))

@@ -160,6 +160,7 @@ def _roi(pieces, name: str):
     roi.left, roi.top = int(allp[:, 0].min()), int(allp[:, 1].min())
     roi.right, roi.bottom = int(allp[:, 0].max()), int(allp[:, 1].max())
     roi.n_coordinates = 0
+    roi.shape_roi_size = len(path)   # marks the ROI as composite; the path follows the header
     return roi
 
 
