@@ -156,9 +156,9 @@ def _parabola(vm, v0, vp):
 def locate_peaks(cross, shape, max_shift, upsample):
     """Sub-pixel location of each correlation peak within ``|s| <= max_shift``.
 
-    The integer peak of ``irfft2(cross)`` inside the search window is refined twice by a
-    parabolic fit through the exactly evaluated (matrix-DFT) correlation at the current estimate
-    and ``+-1/upsample`` px along each axis.
+    The integer peak of ``irfft2(cross)`` inside the search window is refined by a parabolic
+    fit through its integer neighbours, then by :func:`refine_peaks` (a parabolic fit through the
+    exactly evaluated correlation ``+-1/upsample`` px around it along each axis).
 
     Parameters
     ----------
@@ -193,16 +193,42 @@ def locate_peaks(cross, shape, max_shift, upsample):
     dy = _parabola(corr[rows, (ty - 1) % H, tx % W], v0, corr[rows, (ty + 1) % H, tx % W])
     dx = _parabola(corr[rows, ty % H, (tx - 1) % W], v0, corr[rows, ty % H, (tx + 1) % W])
     centres = np.stack([ty + dy, tx + dx], axis=1).astype(np.float64)
+    return refine_peaks(cross, shape, centres, upsample, max_shift)
+
+
+def refine_peaks(cross, shape, centres, upsample, max_shift, stages=1):
+    """Refine peak estimates by parabolic fits through exactly evaluated correlation values.
+
+    Parameters
+    ----------
+    cross : ndarray of shape (B, H, W // 2 + 1), complex
+    shape : (H, W)
+    centres : ndarray of shape (B, 2)
+        Starting estimates.
+    upsample : int
+        The fits use samples ``1 / upsample`` px apart.
+    max_shift : (int, int)
+        Results are clipped to ``|s| <= max_shift``.
+    stages : int
+        Number of fits at ``1 / upsample`` spacing. One suffices when the start is within
+        ~0.3 px (a second changed the error on noise-free data by < 0.0001 px).
+
+    Returns
+    -------
+    shifts : ndarray of shape (B, 2), float64
+    peak : ndarray of shape (B,), float64
+    """
+    b = cross.shape[0]
+    centres = np.array(centres, dtype=np.float64)
     step = 1.0 / max(int(upsample), 1)
-    offsets = np.array([-step, 0.0, step])
-    peak = v0
-    for _ in range(2):
-        vals = _evaluate(cross, shape, centres, offsets)
+    peak = np.zeros(b)
+    for h in [step] * stages:
+        vals = _evaluate(cross, shape, centres, np.array([-h, 0.0, h]))
         c = vals[:, 1, 1]
-        centres = centres + step * np.stack(
+        centres = centres + h * np.stack(
             [_parabola(vals[:, 0, 1], c, vals[:, 2, 1]), _parabola(vals[:, 1, 0], c, vals[:, 1, 2])], axis=1
         )
         peak = vals.reshape(b, -1).max(axis=1)
-    centres[:, 0] = np.clip(centres[:, 0], -my, my)
-    centres[:, 1] = np.clip(centres[:, 1], -mx, mx)
+    centres[:, 0] = np.clip(centres[:, 0], -max_shift[0], max_shift[0])
+    centres[:, 1] = np.clip(centres[:, 1], -max_shift[1], max_shift[1])
     return centres, peak
