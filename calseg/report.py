@@ -546,7 +546,7 @@ def write_report(result_dir, out_dir=None, *, dpi: int = 100) -> tuple:
     """
     try:
         import matplotlib  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the environment
+    except ImportError:
         raise ConfigError("the report needs matplotlib: pip install 'calseg[report]'") from None
     if not isinstance(dpi, (int, np.integer)) or isinstance(dpi, bool) or not 20 <= dpi <= 600:
         raise ConfigError(f"parameter 'dpi' = {dpi!r} must be an integer from 20 to 600")

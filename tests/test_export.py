@@ -201,35 +201,77 @@ def test_suite2p_shape_statistics_match_definitions():
 @pytest.mark.slow  # imports Suite2p (and torch) in its own environment: ~15-50 s
 @pytest.mark.skipif(not SUITE2P_PY.exists(), reason="the Suite2p environment (.venv-suite2p) is absent")
 def test_suite2p_folder_loads_with_suite2p_itself(result, tmp_path):
-    """Suite2p 1.1.0's own code: the GUI's load_files, roi_stats on our pixels, and io.combined."""
+    """Suite2p 1.1.0's own code on the folder: the GUI's loader and the numerical part of its set-up
+    (ROI boundaries and circles, background views, colour maps, mask layers), its roi_stats on our
+    pixels (the shape statistics must agree), and io.combined."""
     from calseg.export.suite2p import write_suite2p
 
     out, truth = result
     plane = write_suite2p(out, tmp_path)
     script = textwrap.dedent(f"""
-        import ast, json, os, numpy as np, suite2p
+        import ast, json, os, types, numpy as np, matplotlib, suite2p
+        from matplotlib.colors import hsv_to_rgb
+        from scipy.ndimage import binary_dilation, binary_fill_holes
         from suite2p.detection.stats import roi_stats
         from suite2p.io.save import combined
-        # the GUI's loader, taken from gui/io.py (the module itself needs Qt, absent here)
-        src = open(os.path.join(os.path.dirname(suite2p.__file__), "gui", "io.py")).read()
-        fn = [n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "load_files"][0]
-        ns = {{"np": np, "os": os}}
-        exec(compile(ast.Module([fn], []), "gui/io.py", "exec"), ns)
+
+        # The GUI modules import Qt (absent here): run their functions' own source, taken with ast,
+        # with Qt stand-ins for the two label calls in init_masks.
+        class QFont:
+            Bold = 75
+            def __init__(self, *a, **k): pass
+        label = types.SimpleNamespace(setPos=lambda *a: None, setFont=lambda *a: None)
+        ns = {{"np": np, "os": os, "matplotlib": matplotlib, "hsv_to_rgb": hsv_to_rgb,
+               "binary_dilation": binary_dilation, "binary_fill_holes": binary_fill_holes,
+               "pg": types.SimpleNamespace(TextItem=lambda *a, **k: label),
+               "QtGui": types.SimpleNamespace(QFont=QFont)}}
+        gui = os.path.join(os.path.dirname(suite2p.__file__), "gui")
+        def grab(module, *names):
+            tree = ast.parse(open(os.path.join(gui, module)).read())
+            fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+            assert len(fns) == len(names), (module, names)
+            exec(compile(ast.Module(fns, []), module, "exec"), ns)
+        grab("io.py", "load_files")
+        grab("utils.py", "boundary", "circle")
+        grab("views.py", "init_views")
+        grab("masks.py", "make_colors", "hsv2rgb", "istat_hsv", "istat_transform", "init_masks", "rgb_masks")
+
         plane = {str(plane)!r}
         got = ns["load_files"](os.path.join(plane, "stat.npy"))
         assert got is not None, "load_files refused the folder"
         stat, ops, F, Fneu, spks, iscell, probcell, redcell, probredcell, hasred = got
-        ours = [dict(s) for s in stat]
+        # what load_to_GUI / make_masks_and_enable_buttons compute before drawing
+        p = types.SimpleNamespace(stat=stat, ops=ops, iscell=iscell, probcell=probcell, redcell=redcell,
+                                  hasred=hasred, colors={{}}, rois={{}}, ops_plot={{"colormap": "hsv"}},
+                                  checkBoxN=types.SimpleNamespace(isChecked=lambda: False,
+                                                                  setChecked=lambda v: None))
+        p.color_names = ["A: random", "S: skew", "D: compact", "F: snr", "G: aspect_ratio", "H: chan2_prob",
+                         "J: classifier, cell prob=", "K: correlations, bin=", "L: corr with 1D var, bin=^^^",
+                         "M: rastermap / custom"]
+        gui_bin = int(ops["tau"] * ops["fs"] / 2)
+        for n in range(len(stat)):
+            yext, xext = ns["boundary"](stat[n]["ypix"], stat[n]["xpix"])
+            ycirc, xcirc = ns["circle"](stat[n]["med"], stat[n]["radius"])
+            assert len(yext) > 0 and len(ycirc) == 100
+        ns["init_views"](p)
+        ns["make_colors"](p)
+        ns["init_masks"](p)
+        sroi = p.rois["Sroi"][0]
+        stats_shown = {{k: [float(s[k]) for s in stat] for k in ("npix_norm", "skew", "compact", "snr",
+                                                                 "aspect_ratio")}}
         fresh = np.array([{{"ypix": s["ypix"], "xpix": s["xpix"], "lam": s["lam"]}} for s in stat])
         ref = roi_stats(fresh, ops["Ly"], ops["Lx"], diameter=list(ops["diameter"]), max_overlap=None,
                         do_soma_crop=False)
         res = {{k: [float(np.ravel(r[k])[0]) if k != "med" else list(map(float, r[k])) for r in ref]
                for k in ("med", "compact", "radius", "aspect_ratio", "npix_norm", "mrs", "mrs0")}}
-        mine = {{k: [float(np.ravel(s[k])[0]) if k != "med" else list(map(float, s[k])) for s in ours]
+        mine = {{k: [float(np.ravel(s[k])[0]) if k != "med" else list(map(float, s[k])) for s in stat]
                 for k in res}}
         c = combined(os.path.dirname(plane), save=True)
         print(json.dumps({{"n": len(stat), "F": list(F.shape), "iscell": int(iscell.sum()), "ref": res,
-                          "mine": mine, "combined_n": len(c[0]), "combined_Ly": int(c[1]["Ly"])}}))
+                          "mine": mine, "combined_n": len(c[0]), "combined_Ly": int(c[1]["Ly"]),
+                          "views": list(p.views.shape), "rgb": list(p.colors["RGB"].shape),
+                          "sroi": np.argwhere(sroi).tolist(), "bin": gui_bin,
+                          "finite": all(np.isfinite(v).all() for v in stats_shown.values())}}))
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run([str(SUITE2P_PY), "-c", script], capture_output=True, text=True, timeout=300, env=env)
@@ -237,6 +279,13 @@ def test_suite2p_folder_loads_with_suite2p_itself(result, tmp_path):
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rep["n"] == truth["n"] and rep["F"] == [truth["n"], truth["T"]] and rep["iscell"] == truth["n"]
     assert rep["combined_n"] == truth["n"] and rep["combined_Ly"] == truth["H"]
+    assert rep["views"] == [7, truth["H"], truth["W"], 3] and rep["rgb"][0] == 2 and rep["finite"]
+    assert rep["bin"] >= 1
+    # the GUI's cell mask layer covers exactly the union of the neurons' regions
+    union = np.zeros((truth["H"], truth["W"]), bool)
+    for r in truth["regions"]:
+        union[r[:, 0], r[:, 1]] = True
+    np.testing.assert_array_equal(np.array(rep["sroi"]), np.argwhere(union))
     for key in rep["ref"]:
         np.testing.assert_allclose(np.array(rep["mine"][key], float), np.array(rep["ref"][key], float),
                                    rtol=1e-5, atol=1e-6, err_msg=key)
@@ -341,3 +390,31 @@ def test_exporters_refuse_a_folder_that_is_not_a_result(tmp_path):
     with pytest.raises(InputError, match="no column for neuron 3"):
         write_suite2p(tmp_path / "r")
     assert not (tmp_path / "r" / "suite2p" / "plane0").exists()
+
+
+def test_write_extras_is_what_every_result_gets(result, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from calseg.export import write_extras
+
+    res = tmp_path / "res"
+    shutil.copytree(result[0], res)
+    written = write_extras(res, "nwb" if _has("pynwb") else ())
+    assert {"summary", "report", "rois"} <= set(written) and (res / "summary.png").stat().st_size > 10_000
+    assert ("nwb" in written) == _has("pynwb")
+    # without matplotlib and roifile the report and ROIs are skipped with a warning, not an error
+    res2 = tmp_path / "res2"
+    shutil.copytree(result[0], res2)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "roifile", None)
+    with caplog.at_level("WARNING", logger="calseg"):
+        written = write_extras(res2, "suite2p")
+    assert set(written) == {"suite2p"}
+    assert "pip install 'calseg[report]'" in caplog.text and "pip install 'calseg[rois]'" in caplog.text
+    assert not (res2 / "summary.png").exists() and not (res2 / "rois.zip").exists()
+
+
+def _has(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None

@@ -7,9 +7,12 @@ missing.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ..errors import ConfigError
+
+log = logging.getLogger("calseg")
 
 #: Format name -> (module, function, what it writes, the library it needs, the pip extra)
 EXPORTERS = {
@@ -18,7 +21,7 @@ EXPORTERS = {
     "nwb": ("calseg.export.nwb", "write_nwb", "calseg.nwb", "pynwb", "nwb"),
 }
 
-__all__ = ["EXPORTERS", "parse_exports", "check_exports", "write_exports"]
+__all__ = ["EXPORTERS", "parse_exports", "check_exports", "write_exports", "write_extras"]
 
 
 def parse_exports(text) -> tuple:
@@ -79,4 +82,46 @@ def write_exports(result_dir, formats) -> dict:
     for name in formats:
         module, func = EXPORTERS[name][:2]
         written[name] = Path(getattr(importlib.import_module(module), func)(result_dir))
+    return written
+
+
+def write_extras(result_dir, exports=(), *, report: bool = True) -> dict:
+    """Everything a result folder gets after its core files: the report, the ROIs, the exports.
+
+    ``summary.png`` + ``report.html`` (unless ``report=False``) and ``rois.zip`` are always
+    written; each is skipped with a warning (not an error) when its optional library (matplotlib,
+    roifile) is missing. Then each format in ``exports`` is written; a missing library there is an
+    error (call :func:`check_exports` before the run to fail early).
+
+    Parameters
+    ----------
+    result_dir : str or Path
+        A complete ``calseg run`` result folder.
+    exports : str or sequence of str
+        Extra formats: ``"suite2p"``, ``"nwb"`` (``"rois"`` is always written).
+    report : bool, default True
+
+    Returns
+    -------
+    dict
+        Name -> path of each file or folder written (``"summary"``, ``"report"``, ``"rois"``,
+        ``"suite2p"``, ``"nwb"``).
+    """
+    from .rois import write_imagej_rois
+
+    exports = tuple(e for e in parse_exports(exports) if e != "rois")
+    check_exports(exports)
+    written = {}
+    if report:
+        from ..report import write_report
+
+        try:
+            written["summary"], written["report"] = write_report(result_dir)
+        except ConfigError as exc:
+            log.warning("summary.png and report.html not written: %s", exc)
+    try:
+        written["rois"] = write_imagej_rois(result_dir)
+    except ConfigError as exc:
+        log.warning("rois.zip not written: %s", exc)
+    written.update(write_exports(result_dir, exports))
     return written

@@ -187,7 +187,7 @@ def write_imagej_rois(result_dir, path=None) -> Path:
     """
     try:
         import roifile
-    except ImportError:  # pragma: no cover - depends on the environment
+    except ImportError:
         raise ConfigError("ImageJ ROI export needs roifile: pip install 'calseg[rois]'") from None
     from .folder import ResultDir, atomic_path
 
