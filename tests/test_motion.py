@@ -439,6 +439,15 @@ def test_bad_movies_raise_input_error():
         estimate_motion(np.zeros((3, 4, 64)))
 
 
+def test_blank_and_non_finite_movies():
+    est = estimate_motion(np.zeros((12, 32, 32), np.float32), temporal_window=1)
+    assert np.all(est.shifts == 0) and np.all(est.peak_correlation == 0)
+    frames = np.random.default_rng(19).random((12, 32, 32)).astype(np.float32)
+    frames[7, 3, 3] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        estimate_motion(frames, temporal_window=1, reference=np.ones((32, 32)))
+
+
 def test_array_movie_has_the_movie_interface():
     data = np.arange(2 * 3 * 4, dtype=np.uint16).reshape(2, 3, 4)
     m = ArrayMovie(data, fps=10)

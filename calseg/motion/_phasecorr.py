@@ -185,6 +185,9 @@ def locate_peaks(cross, shape, max_shift, upsample):
     window = corr[:, iy][:, :, ix]
     b = corr.shape[0]
     flat = window.reshape(b, -1).argmax(axis=1)
+    # a flat correlation (blank frame) has no peak: prefer zero displacement on ties
+    centre = my * (2 * mx + 1) + mx
+    flat = np.where(window[:, my, mx] >= window.reshape(b, -1)[np.arange(b), flat], centre, flat)
     py, px = np.divmod(flat, 2 * mx + 1)
     ty = py - my
     tx = px - mx

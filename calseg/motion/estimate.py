@@ -105,6 +105,17 @@ class MotionEstimate:
     _interp: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        T = np.shape(self.shifts)[0] if np.ndim(self.shifts) == 2 else -1
+        if np.shape(self.shifts) != (T, 2) or np.ndim(self.reference) != 2:
+            raise InputError(
+                f"shifts of shape {np.shape(self.shifts)} and reference of shape {np.shape(self.reference)}: "
+                "shifts (T, 2) and a 2-D reference are allowed"
+            )
+        if self.block_shifts is not None:
+            if self.block_centres is None or np.ndim(self.block_shifts) != 4 or np.shape(self.block_shifts)[0] != T:
+                raise InputError(
+                    f"block_shifts of shape {np.shape(self.block_shifts)}: (T, nby, nbx, 2) with block_centres is allowed"
+                )
         for name in ("shifts", "reference", "peak_correlation", "block_shifts"):
             value = getattr(self, name)
             if value is not None:
@@ -736,6 +747,8 @@ def estimate_motion(
     for start in range(0, T, batch_size):
         stop = min(T, start + batch_size)
         frames = _read_smoothed(movie, start, stop, temporal_window)
+        if not np.isfinite(frames).all():
+            raise InputError(f"frames {start}-{stop - 1} (or their neighbours) contain NaN or infinite values")
         for a, b in _chunks(stop - start, H * W):
             s, score = rigid.register(frames[a:b])
             s_all[start + a : start + b] = s
