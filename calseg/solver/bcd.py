@@ -1,0 +1,361 @@
+"""Block prox-linear descent with extrapolation and restart (Xu & Yin 2013; METHOD section 3).
+
+Solves, for fixed lam and column norms ||.||_A (temporal) and ||.||_Z (spatial),
+
+    min_{A, Z, B}  1/2 ||Y - D A Z^T - F B^T||_F^2 + lam * sum_i ||A_i||_A ||Z_i||_Z
+
+(sign constraints live inside the norms' proxes). One iteration is a Z-step, a B-step and an
+A-step, each a prox-linear step from the extrapolated point of its block; an iteration whose
+objective is larger than the last accepted one is rejected and redone from the last accepted
+iterate without extrapolation, so accepted objective values never increase.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from calseg.errors import ConvergenceWarning
+from calseg.model.objective import _big_times, _loss_shifted, penalty
+
+__all__ = ["BCDResult", "bcd", "prune_zero_columns", "merge_duplicates"]
+
+_DELTA_OMEGA = 0.9999   # Xu-Yin: omega <= delta * sqrt(L_prev / L), delta < 1
+_WINDOW = 5             # accepted iterations over which the relative decrease is measured
+_MERGE_TOL = 1e-6       # columns with cosine > 1 - _MERGE_TOL in both factors are merged
+
+
+@dataclass(frozen=True)
+class BCDResult:
+    """Result of :func:`bcd`.
+
+    Attributes
+    ----------
+    A : ndarray of shape (T, r), float64
+    Z : ndarray of shape (P, r), float64
+    B : ndarray of shape (P, k), float64
+        Background coefficients (original parametrization: model ``F B^T``).
+    objective : float
+        Objective at (A, Z, B).
+    history : ndarray of shape (n_accepted + 1,)
+        Objective of the start point, then of every accepted iteration (nonincreasing).
+    n_iter : int
+        Iterations run (accepted and rejected).
+    n_restarts : int
+        Rejected iterations (redone without extrapolation).
+    n_merged : int
+        Columns removed by the final merge of collinear duplicates.
+    converged : bool
+        True when the tolerance was met (``stop_reason`` "tol") or no further decrease is
+        possible at working precision ("stalled").
+    stop_reason : str
+        "tol", "stalled", "max_iter" or "no_columns".
+    """
+
+    A: np.ndarray
+    Z: np.ndarray
+    B: np.ndarray
+    objective: float
+    history: np.ndarray
+    n_iter: int
+    n_restarts: int
+    n_merged: int
+    converged: bool
+    stop_reason: str
+
+
+def _lipschitz(M):
+    """Spectral norm of a symmetric PSD r x r matrix."""
+    if M.shape[0] == 0:
+        return 0.0
+    return float(np.linalg.eigvalsh(M)[-1])
+
+
+def _block_step(X_hat, cross, gram, L, partner_dead, weights, norm, *, hess=None, warm=None):
+    """One prox-linear step on a factor block (both factors use this; A is the transposed case).
+
+    Minimizes, from the extrapolated point ``X_hat`` (n, r), the linearization of
+    ``1/2 <H(X) gram, X> - <cross, X>`` plus ``sum_i weights_i ||X_i||``:
+
+        X = prox_{(weights / L) ||.||}( X_hat - (H(X_hat) gram - cross) / L )
+
+    with ``H`` the identity (Z-step) or ``D^T D`` (A-step, ``hess``). Columns whose partner
+    column is zero are set to zero.
+    """
+    HX = X_hat if hess is None else hess(X_hat)
+    G = HX @ gram - cross
+    L = max(L, 1e-300)
+    X, warm = norm.prox(X_hat - G / L, weights / L, warm=warm)
+    X = np.asarray(X, dtype=np.float64)
+    if partner_dead.any():
+        X[:, partner_dead] = 0.0
+    return X, warm
+
+
+def prune_zero_columns(A, Z):
+    """Drop the columns i with ``A_i = 0`` or ``Z_i = 0`` (lossless: they contribute nothing).
+
+    Returns
+    -------
+    A, Z : ndarrays of shape (T, r'), (P, r')
+    keep : ndarray of bool, shape (r,)
+    """
+    keep = np.any(A != 0, axis=0) & np.any(Z != 0, axis=0)
+    return A[:, keep], Z[:, keep], keep
+
+
+def merge_duplicates(A, Z, temporal, spatial, *, tol=_MERGE_TOL):
+    """Merge columns that are collinear in both factors.
+
+    Columns i, j with ``cos(A_i, A_j) > 1 - tol`` and ``cos(Z_i, Z_j) > 1 - tol`` (or both below
+    ``-(1 - tol)``: the same rank-one direction) are replaced by one column with the same sum
+    ``sum_j A_j Z_j^T`` (exactly, when collinear) and balanced norms ``||A_i||_A = ||Z_i||_Z``.
+    For the projective tensor norm this is lossless: the penalty of collinear columns adds up.
+
+    Parameters
+    ----------
+    A : ndarray of shape (T, r)
+    Z : ndarray of shape (P, r)
+    temporal, spatial : column norms (``value``)
+    tol : float
+
+    Returns
+    -------
+    A, Z : ndarrays with r' <= r columns (float64)
+    n_merged : int
+        Number of columns removed.
+    """
+    A = np.asarray(A, np.float64)
+    Z = np.asarray(Z, np.float64)
+    r = A.shape[1]
+    if r < 2:
+        return A, Z, 0
+    na = np.linalg.norm(A, axis=0)
+    nz = np.linalg.norm(Z, axis=0)
+    if np.any(na == 0) or np.any(nz == 0):
+        A, Z, _ = prune_zero_columns(A, Z)
+        return merge_duplicates(A, Z, temporal, spatial, tol=tol)
+    CA = (A.T @ A) / np.outer(na, na)
+    CZ = (Z.T @ Z) / np.outer(nz, nz)
+    same = ((CA > 1 - tol) & (CZ > 1 - tol)) | ((CA < -(1 - tol)) & (CZ < -(1 - tol)))
+    group = -np.ones(r, dtype=int)
+    groups = []
+    for i in range(r):
+        if group[i] >= 0:
+            continue
+        members = [i] + [j for j in range(i + 1, r) if group[j] < 0 and same[i, j]]
+        for j in members:
+            group[j] = len(groups)
+        groups.append(members)
+    if len(groups) == r:
+        return A, Z, 0
+    newA = np.empty((A.shape[0], len(groups)))
+    newZ = np.empty((Z.shape[0], len(groups)))
+    for g, members in enumerate(groups):
+        if len(members) == 1:
+            newA[:, g] = A[:, members[0]]
+            newZ[:, g] = Z[:, members[0]]
+            continue
+        i0 = members[0]
+        sgn = np.sign(CA[i0, members])
+        u = (A[:, members] * (sgn * nz[members])).sum(axis=1)
+        v = (Z[:, members] * (sgn * na[members])).sum(axis=1)
+        u /= np.linalg.norm(u)
+        v /= np.linalg.norm(v)
+        s = float(np.sum((u @ A[:, members]) * (v @ Z[:, members])))
+        if s <= 0:
+            u, s = -u, -s
+        ka = float(temporal.value(u[:, None])[0])
+        kz = float(spatial.value(v[:, None])[0])
+        kappa = math.sqrt(kz / ka) if ka > 0 and kz > 0 else 1.0
+        newA[:, g] = math.sqrt(s) * kappa * u
+        newZ[:, g] = math.sqrt(s) / kappa * v
+    return newA, newZ, r - len(groups)
+
+
+def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1e-6,
+        callback=None, warn=True, merge=True):
+    """Xu-Yin block prox-linear descent on the factorized objective.
+
+    Parameters
+    ----------
+    pre : calseg.model.objective.Precomputed
+        Data quantities (``D^T Y'`` etc.) from :func:`calseg.model.objective.precompute`.
+    op : temporal operator (``apply``, ``adjoint``, ``norm_sq``) used to build ``pre``
+    A0 : ndarray of shape (T, r)
+    Z0 : ndarray of shape (P, r)
+        Start point. Z is updated first, so ``Z0`` may be zero.
+    lam : float
+        Regularization weight (>= 0).
+    temporal, spatial : CompositeNorm
+        ``||.||_A`` (on columns of A) and ``||.||_Z`` (on columns of Z), with their proxes.
+    B0 : ndarray of shape (P, k), optional
+        Start background; default: the least-squares fit for (A0, Z0).
+    max_iter : int
+        Iteration budget (accepted and rejected iterations).
+    tol : float
+        Stop when the objective decreased by less than ``tol * |F|`` over the last 5 accepted
+        iterations.
+    callback : callable, optional
+        ``callback(iteration, objective)`` after every iteration (objective of the current
+        accepted iterate).
+    warn : bool
+        Issue a :class:`~calseg.errors.ConvergenceWarning` when the budget runs out.
+    merge : bool
+        At the end, merge columns collinear in both factors (:func:`merge_duplicates`) and refit
+        B; kept only when the objective does not increase (its value is appended to history).
+
+    Returns
+    -------
+    BCDResult
+
+    Notes
+    -----
+    With ``Y' = Y - F F^T Y`` and ``B' = B - Y^T F`` (see :mod:`calseg.model.objective`):
+
+    * Z-step: ``grad_Z = Z_hat M - C_Z`` with ``M = (DA)^T DA``, ``C_Z = Y'^T D A - B' F^T D A``,
+      ``L_Z = ||M||_2``; ``Z_i = prox_{(lam ||A_i||_A / L_Z) ||.||_Z}((Z_hat - grad_Z / L_Z)_i)``.
+    * B-step: exact least squares, ``B' = Y'^T F - Z A^T D^T F`` (the prox-linear step with
+      ``L_B = ||F||^2 = 1`` for orthonormal F, which does not depend on the extrapolated B).
+    * A-step: ``grad_A = D^T D A_hat (Z^T Z) - C_A`` with ``C_A = D^T Y' Z - D^T F B'^T Z``,
+      ``L_A = ||Z^T Z||_2 ||D||_2^2``.
+    * Extrapolation: ``t_k = (1 + sqrt(1 + 4 t_{k-1}^2)) / 2``,
+      ``omega = min((t_{k-1} - 1) / t_k, 0.9999 sqrt(L_prev / L))`` per block.
+    * Restart: a larger objective rejects the iteration; the next one starts from the last
+      accepted iterate without extrapolation and t is not advanced. The value compared against
+      is always the last *accepted* objective. A rejected iteration that had no extrapolation
+      means no decrease is possible at working precision: stop ("stalled").
+    * Columns with ``A_i = 0`` or ``Z_i = 0`` stay zero forever; they are pruned as they appear.
+
+    The per-iteration cost is two products with the (T, P) matrix ``D^T Y'`` (O(T P r)) plus
+    the proxes; the objective is evaluated from r x r Gram matrices.
+    """
+    DtY = pre.DtY
+    F_k = pre.F.shape[1]
+    A = np.array(A0, dtype=np.float64, copy=True)
+    Z = np.array(Z0, dtype=np.float64, copy=True)
+    if A.ndim != 2 or Z.ndim != 2 or A.shape[1] != Z.shape[1]:
+        raise ValueError(f"A0 and Z0 must be (T, r) and (P, r), got {A.shape} and {Z.shape}")
+    lam = float(lam)
+
+    def fit_background(A, Z):
+        if not F_k:
+            return np.zeros((Z.shape[0], 0))
+        return pre.YpF - Z @ (A.T @ pre.DtF)
+
+    def hess(X):
+        return np.asarray(op.adjoint(op.apply(X)), dtype=np.float64)
+
+    if B0 is None:
+        Bp = fit_background(A, Z)
+    else:
+        Bp = np.asarray(B0, np.float64) - pre.YtF
+
+    def evaluate(A, Z, Bp, DtYZ=None):
+        DA = np.asarray(op.apply(A), np.float64) if A.shape[1] else A
+        if DtYZ is None:
+            DtYZ = _big_times(DtY, Z) if A.shape[1] else A
+        return (_loss_shifted(pre, DA, A, Z, Bp if F_k else None, DtYZ)
+                + lam * penalty(A, Z, temporal, spatial)), DA
+
+    # Pruning at the start is lossless only when A0 and Z0 are both given; with Z0 = 0 (Z
+    # updated first) a column is dead only if its A column is zero.
+    keepA = np.any(A != 0, axis=0)
+    A, Z = A[:, keepA], Z[:, keepA]
+    obj, DA = evaluate(A, Z, Bp)
+    history = [obj]
+    A_hat, Z_hat = A, Z
+    t_prev = 1.0
+    LA_prev = LZ_prev = None
+    extrapolated = False
+    warm_Z = None
+    n_iter = n_restarts = 0
+    stop_reason = "max_iter"
+
+    while True:
+        if A.shape[1] == 0:
+            stop_reason = "no_columns"
+            break
+        if n_iter >= max_iter:
+            stop_reason = "max_iter"
+            break
+        n_iter += 1
+        # --- Z-step
+        M = DA.T @ DA
+        LZ = _lipschitz(M)
+        cross_Z = _big_times(DtY.T, A)
+        if F_k:
+            cross_Z -= Bp @ (pre.DtF.T @ A)
+        nA = np.asarray(temporal.value(A), np.float64)
+        Zn, warm_Z = _block_step(Z_hat, cross_Z, M, LZ, nA == 0, lam * nA, spatial, warm=warm_Z)
+        # --- B-step (exact)
+        Bn = fit_background(A, Zn)
+        # --- A-step
+        ZtZ = Zn.T @ Zn
+        LA = _lipschitz(ZtZ) * op.norm_sq
+        DtYZ = _big_times(DtY, Zn)
+        cross_A = DtYZ - pre.DtF @ (Bn.T @ Zn) if F_k else DtYZ
+        nZ = np.asarray(spatial.value(Zn), np.float64)
+        An, _ = _block_step(A_hat, cross_A, ZtZ, LA, nZ == 0, lam * nZ, temporal, hess=hess)
+        obj_new, DAn = evaluate(An, Zn, Bn, DtYZ)
+
+        if not obj_new <= obj:
+            # reject: redo from the last accepted iterate without extrapolation
+            n_restarts += 1
+            if not extrapolated:
+                stop_reason = "stalled"
+                if callback is not None:
+                    callback(n_iter, obj)
+                break
+            A_hat, Z_hat = A, Z
+            extrapolated = False
+            if callback is not None:
+                callback(n_iter, obj)
+            continue
+
+        # accept
+        LA_prev = LA if LA_prev is None else LA_prev
+        LZ_prev = LZ if LZ_prev is None else LZ_prev
+        t = (1.0 + math.sqrt(1.0 + 4.0 * t_prev * t_prev)) / 2.0
+        omega = (t_prev - 1.0) / t
+        wA = min(omega, _DELTA_OMEGA * math.sqrt(LA_prev / LA)) if LA > 0 else 0.0
+        wZ = min(omega, _DELTA_OMEGA * math.sqrt(LZ_prev / LZ)) if LZ > 0 else 0.0
+        A_hat = An + wA * (An - A)
+        Z_hat = Zn + wZ * (Zn - Z)
+        extrapolated = wA > 0 or wZ > 0
+        A, Z, Bp, DA, obj = An, Zn, Bn, DAn, obj_new
+        t_prev, LA_prev, LZ_prev = t, LA, LZ
+        history.append(obj)
+        if callback is not None:
+            callback(n_iter, obj)
+
+        A, Z, keep = prune_zero_columns(A, Z)
+        if not keep.all():
+            A_hat, Z_hat, DA = A_hat[:, keep], Z_hat[:, keep], DA[:, keep]
+            warm_Z = None
+        if len(history) > _WINDOW:
+            ref = history[-1 - _WINDOW]
+            if ref - obj <= tol * max(abs(obj), np.finfo(float).tiny):
+                stop_reason = "tol"
+                break
+
+    n_merged = 0
+    if merge and A.shape[1] >= 2:
+        Am, Zm, n = merge_duplicates(A, Z, temporal, spatial)
+        if n:
+            Bm = fit_background(Am, Zm)
+            obj_m, _ = evaluate(Am, Zm, Bm)
+            if obj_m <= obj:
+                A, Z, Bp, obj, n_merged = Am, Zm, Bm, obj_m, n
+                history.append(obj)
+    if stop_reason == "max_iter" and warn:
+        warnings.warn(
+            f"block coordinate descent stopped on its iteration budget (max_iter={max_iter}) "
+            f"before the relative objective decrease fell below tol={tol:g}",
+            ConvergenceWarning, stacklevel=2)
+    B = Bp + pre.YtF if F_k else np.zeros((Z.shape[0], 0))
+    return BCDResult(A=A, Z=Z, B=B, objective=float(obj), history=np.asarray(history),
+                     n_iter=n_iter, n_restarts=n_restarts, n_merged=n_merged,
+                     converged=stop_reason in ("tol", "stalled"), stop_reason=stop_reason)

@@ -1,0 +1,157 @@
+"""Block prox-linear solver: monotone accepted iterates, the SVT optimum, pruning and merging."""
+import warnings
+
+import numpy as np
+import pytest
+
+from calseg.errors import ConvergenceWarning
+from calseg.model.background import fourier_background
+from calseg.model.objective import precompute
+from calseg.model.temporal import DecayOperator, IdentityOperator
+from calseg.prox.composite import CompositeNorm
+from calseg.solver.bcd import bcd, merge_duplicates, prune_zero_columns
+from calseg.solver.init import init_factors
+
+
+def dense_objective(Y, D, F, A, Z, B, lam, temporal, spatial):
+    """Independent objective: form the residual."""
+    R = Y.astype(np.float64) - D @ A @ Z.T - F @ B.T
+    return 0.5 * np.sum(R ** 2) + lam * np.sum(temporal.value(A) * spatial.value(Z))
+
+
+def small_problem(dtype=np.float64, seed=0):
+    rng = np.random.default_rng(seed)
+    H = W = 6
+    T, P = 40, H * W
+    op = DecayOperator.from_tau(T, 0.5, 10.0)
+    D = op.apply(np.eye(T))
+    Ztrue = np.zeros((P, 2))
+    Ztrue[[7, 8, 13, 14], 0] = 1.0
+    Ztrue[[27, 28, 33], 1] = 1.0
+    S = (rng.random((T, 2)) < 0.1) * rng.uniform(1, 2, (T, 2))
+    F = fourier_background(T, 3)
+    Y = 5.0 + D @ S @ Ztrue.T + 0.1 * rng.normal(size=(T, P))
+    spatial = CompositeNorm(1.0, 0.5, 0.3, image_shape=(H, W), connectivity=8, tv_tol=1e-8,
+                            tv_max_iter=2000)
+    temporal = CompositeNorm(1.0, 1.0)
+    return Y.astype(dtype), op, D, F, spatial, temporal
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_objective_never_increases_between_accepted_iterates(dtype):
+    """Run k = 1, 2, ... iterations from the same start (the solver is deterministic) and
+    check the directly computed objective of each returned iterate is nonincreasing."""
+    Y, op, D, F, spatial, temporal = small_problem(dtype)
+    pre = precompute(Y, op, F)
+    assert pre.DtY.dtype == dtype
+    A0, Z0 = init_factors(Y.shape[0], Y.shape[1], 5, seed=1)
+    lam = 0.03
+    values, internal = [], []
+    for k in range(1, 12):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = bcd(pre, op, A0, Z0, lam=lam, temporal=temporal, spatial=spatial,
+                      max_iter=k, tol=1e-14, merge=False)
+        values.append(dense_objective(Y, D, F, res.A, res.Z, res.B, lam, temporal, spatial))
+        internal.append(res.objective)
+    values = np.array(values)
+    slack = 1e-10 if dtype == np.float64 else 1e-5
+    assert np.all(np.diff(values) <= slack * values[0]), np.diff(values)
+    np.testing.assert_allclose(internal, values, rtol=1e-9 if dtype == np.float64 else 1e-4)
+    assert values[-1] < 0.9 * values[0]
+    assert np.all(np.diff(res.history) <= 0)
+
+
+def test_history_monotone_with_restarts_and_callback():
+    Y, op, D, F, _, temporal = small_problem()
+    spatial = CompositeNorm(1.0, 0.5, 0.0)  # no TV: fast, run to tolerance
+    pre = precompute(Y, op, F)
+    A0, Z0 = init_factors(Y.shape[0], Y.shape[1], 6, seed=2)
+    seen = []
+    res = bcd(pre, op, A0, Z0, lam=0.03, temporal=temporal, spatial=spatial, max_iter=2000,
+              tol=1e-7, callback=lambda i, f: seen.append((i, f)))
+    assert np.all(np.diff(res.history) <= 0)
+    assert [i for i, _ in seen] == list(range(1, res.n_iter + 1))
+    assert res.stop_reason in ("tol", "stalled") and res.converged
+    assert seen[-1][1] == pytest.approx(res.history[-1 - (res.n_merged > 0)])
+
+
+def svt_optimum(Y, lam):
+    s = np.linalg.svd(Y, compute_uv=False)
+    return 0.5 * np.sum(np.minimum(s, lam) ** 2) + lam * np.sum(np.maximum(s - lam, 0.0))
+
+
+def test_reaches_svt_optimum_from_random_start():
+    """l2/l2 norms, no signs, D = I, no background: nuclear-norm problem, solved by SVT."""
+    rng = np.random.default_rng(7)
+    T, P = 50, 70
+    Y = rng.normal(size=(T, 4)) @ rng.normal(size=(4, P)) + 0.5 * rng.normal(size=(T, P))
+    lam = 10.0
+    op = IdentityOperator(T)
+    norm = CompositeNorm(1.0, 0.0, 0.0, nonnegative=False)
+    A0 = rng.normal(size=(T, 10))
+    res = bcd(precompute(Y, op), op, A0, np.zeros((P, 10)), lam=lam, temporal=norm,
+              spatial=norm, max_iter=5000, tol=1e-12)
+    Pstar = svt_optimum(Y, lam)
+    F_direct = dense_objective(Y, np.eye(T), np.zeros((T, 0)), res.A, res.Z,
+                               np.zeros((P, 0)), lam, norm, norm)
+    assert abs(F_direct - Pstar) <= 1e-6 * Pstar
+    assert np.linalg.matrix_rank(res.A @ res.Z.T, tol=1e-6) == int(np.sum(np.linalg.svd(Y, compute_uv=False) > lam))
+
+
+def test_prune_and_merge():
+    rng = np.random.default_rng(3)
+    T, P = 20, 15
+    a, z = rng.random(T), rng.random(P)
+    b, w = rng.random(T), rng.random(P)
+    A = np.column_stack([a, 2 * a, np.zeros(T), b, 0.5 * a])
+    Z = np.column_stack([z, 3 * z, rng.random(P), w, 2 * z])
+    An, Zn, keep = prune_zero_columns(A, Z)
+    assert keep.tolist() == [True, True, False, True, True]
+    np.testing.assert_allclose(An @ Zn.T, A @ Z.T)
+    ta, tz = CompositeNorm(1.0, 1.0), CompositeNorm(1.0, 0.5)
+    Am, Zm, n = merge_duplicates(An, Zn, ta, tz)
+    assert n == 2 and Am.shape == (T, 2)
+    np.testing.assert_allclose(Am @ Zm.T, A @ Z.T, rtol=1e-12, atol=1e-12)
+    # lossless for the projective norm: the penalty of collinear columns adds up
+    pen = lambda A, Z: np.sum(ta.value(A) * tz.value(Z))
+    assert pen(Am, Zm) == pytest.approx(pen(An, Zn), rel=1e-12)
+    i = int(np.argmax(np.abs(Am.T @ a)))
+    assert ta.value(Am[:, [i]])[0] == pytest.approx(tz.value(Zm[:, [i]])[0])  # balanced
+    # nearly but not collinear columns are kept apart
+    A2 = np.column_stack([a, a + 0.05 * rng.random(T)])
+    Z2 = np.column_stack([z, z])
+    assert merge_duplicates(A2, Z2, ta, tz)[2] == 0
+
+
+def test_solver_merges_duplicate_columns():
+    Y, op, D, F, _, temporal = small_problem()
+    spatial = CompositeNorm(1.0, 0.5, 0.0)
+    pre = precompute(Y, op, F)
+    A0, Z0 = init_factors(Y.shape[0], Y.shape[1], 3, seed=4)
+    A0 = np.column_stack([A0, A0[:, :1]])  # exact duplicate: stays collinear forever
+    Z0 = np.zeros((Y.shape[1], 4))
+    res = bcd(pre, op, A0, Z0, lam=0.03, temporal=temporal, spatial=spatial, max_iter=1000,
+              tol=1e-7)
+    assert res.n_merged >= 1 and res.A.shape[1] <= 3
+    direct = dense_objective(Y, D, F, res.A, res.Z, res.B, 0.03, temporal, spatial)
+    assert direct == pytest.approx(res.objective, rel=1e-9)
+    assert np.all(np.diff(res.history) <= 0)
+
+
+def test_budget_warning_and_no_columns():
+    Y, op, D, F, spatial, temporal = small_problem()
+    pre = precompute(Y, op, F)
+    A0, Z0 = init_factors(Y.shape[0], Y.shape[1], 4, seed=5)
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        res = bcd(pre, op, A0, Z0, lam=0.03, temporal=temporal, spatial=spatial, max_iter=2)
+    assert res.stop_reason == "max_iter" and not res.converged and res.n_iter == 2
+    # lam far above the polar of the data: every column dies at the first step
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        res = bcd(pre, op, A0, Z0, lam=1e6, temporal=temporal, spatial=spatial, max_iter=50)
+    assert res.stop_reason == "no_columns" and res.A.shape == (Y.shape[0], 0)
+    # objective = the background-only fit
+    assert res.objective == pytest.approx(
+        dense_objective(Y, D, F, res.A, res.Z, res.B, 0.0, temporal, spatial), rel=1e-12)
+    np.testing.assert_allclose(res.B, Y.T @ F, rtol=1e-10)
