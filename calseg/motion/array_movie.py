@@ -33,11 +33,17 @@ def _frame_bounds(start, stop, n_frames):
 def _axis_bounds(window, size, name):
     """Validated ``(lo, hi)`` bounds of a ``rows``/``cols`` window.
 
-    ``window`` may be None (the whole axis), a ``slice`` with step 1 (or None) or a
-    ``(lo, hi)`` pair; negative values count from the end, as in Python slicing.
+    ``window`` may be None (the whole axis), an index (one row/column, kept as an axis of
+    length 1), a ``slice`` with step 1 (or None) or a ``(lo, hi)`` pair; negative values count
+    from the end, as in Python slicing.
     """
     if window is None:
         return 0, size
+    if isinstance(window, (int, np.integer)) and not isinstance(window, bool):
+        i = int(window) + (size if window < 0 else 0)
+        if not 0 <= i < size:
+            raise InputError(f"{name}={window} is outside the frame: an index in [-{size}, {size}) is allowed")
+        return i, i + 1
     if isinstance(window, slice):
         if window.step not in (None, 1):
             raise InputError(f"{name}={window!r} has a step; only contiguous windows (step 1) are allowed")

@@ -639,8 +639,9 @@ def estimate_motion(
     whitening : float
         Exponent ``beta`` in [0, 1] of the reference-side whitening ``|R(k)|**-beta``: 1 is
         phase correlation (robust to brightness changes), 0 plain cross-correlation (most
-        precise under shot noise). The default 0.5 measured within 20 % of the Cramer-Rao bound
-        at 1 photon/pixel/frame on synthetic data.
+        precise under shot noise, but sensitive to slow brightness changes). On a synthetic
+        128 x 128 movie at 1 photon/pixel/frame the default 0.5 gave 0.107 px RMS (built
+        reference) against a Cramer-Rao bound of 0.088 px; 1 gave 0.141 px.
     seed : int
         Seed of the reference-frame sampling.
     progress : callable, optional
