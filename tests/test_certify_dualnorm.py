@@ -55,11 +55,14 @@ def test_pure_l1_closed_form(nonneg):
 
 
 @pytest.mark.parametrize("nonneg", [True, False])
-def test_l2_l1_matches_scalar_root(nonneg):
-    """Closed form (sort + quadratic) vs brentq on ||S_{mu b}(w)|| = a mu."""
+@pytest.mark.parametrize("n", [40, 300])
+def test_l2_l1_matches_scalar_root(nonneg, n):
+    """Closed form (top-k partition or full sort + quadratic) vs brentq on ||S_{mu b}(w)|| = a mu;
+    n = 300 has columns whose root involves more than the 64 largest entries."""
     rng = np.random.default_rng(2)
     a, b = 0.7, 1.3
-    W = rng.normal(size=(40, 8)) * rng.uniform(0.1, 3, size=8)
+    W = rng.normal(size=(n, 8)) * rng.uniform(0.1, 3, size=8)
+    W[:, :3] = 1.0 + 0.01 * rng.normal(size=(n, 3))           # flat: root needs ~all entries
     mu, X = dual_norm(W, CompositeNorm(a, b, 0.0, nonnegative=nonneg))
     for j in range(W.shape[1]):
         w = W[:, j]

@@ -31,6 +31,7 @@ __all__ = ["dual_norm"]
 # Closed-form dual norms are computed on blocks of this many columns to bound the
 # (n, block) temporaries of the sort/cumsum.
 _BLOCK = 256
+_TOPK = 64
 
 
 def dual_norm(W, norm, *, tol=1e-8, warm=None, method="dual", max_iter=20000):
@@ -154,6 +155,30 @@ def _dual_l1(W, b, nonneg):
     return mu, X
 
 
+def _segment_root(Vs, after, a, b):
+    """Root of ``sum_i (v_i - b mu)_+^2 = a^2 mu^2`` given the largest values ``Vs`` (k, m) sorted
+    descending and the next value ``after`` (m,); returns ``(mu, violation)`` (violation > 0
+    means the root needs more than k values)."""
+    k = np.arange(1, Vs.shape[0] + 1, dtype=np.float64)[:, None]
+    S1 = np.cumsum(Vs, axis=0)
+    S2 = np.cumsum(Vs * Vs, axis=0)
+    disc = b * b * (S1 * S1 - k * S2) + a * a * S2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mk = S2 / (b * S1 + np.sqrt(np.maximum(disc, 0.0)))
+    mk = np.where((disc >= -1e-12 * a * a * S2) & (S2 > 0), mk, np.nan)
+    nxt = np.vstack([Vs[1:], after[None, :]])
+    # violation of v_{k+1} <= b mu_k <= v_k, relative to the column scale
+    scale = np.maximum(Vs[:1], 1e-300)
+    viol = (np.maximum(nxt - b * mk, 0.0) + np.maximum(b * mk - Vs, 0.0)) / scale
+    viol = np.where(np.isnan(viol), np.inf, viol)
+    best = np.argmin(viol, axis=0)
+    cols = np.arange(Vs.shape[1])
+    ms = mk[best, cols]
+    vb = viol[best, cols]
+    zero = Vs[0] <= 0
+    return np.where(zero | ~np.isfinite(ms), 0.0, ms), np.where(zero, 0.0, vb)
+
+
 def _dual_no_tv(W, a, b, nonneg, want_x=True):
     """Closed-form dual of ``a ||.||_2 + b ||.||_1`` (+ nonnegativity), ``a > 0``.
 
@@ -168,23 +193,21 @@ def _dual_no_tv(W, a, b, nonneg, want_x=True):
     if b == 0.0:
         mu = np.sqrt(np.einsum("ij,ij->j", V, V)) / a
     else:
-        k = np.arange(1, n + 1, dtype=np.float64)[:, None]
+        # the root usually involves few entries: try the top _TOPK first (O(n) partition),
+        # fall back to a full sort for the columns whose root lies beyond them
+        K = min(n, _TOPK)
         for s in range(0, m, _BLOCK):
-            Vs = -np.sort(-V[:, s:s + _BLOCK], axis=0)          # descending
-            S1 = np.cumsum(Vs, axis=0)
-            S2 = np.cumsum(Vs * Vs, axis=0)
-            disc = b * b * (S1 * S1 - k * S2) + a * a * S2
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mk = S2 / (b * S1 + np.sqrt(np.maximum(disc, 0.0)))
-            mk = np.where((disc >= -1e-12 * a * a * S2) & (S2 > 0), mk, np.nan)
-            nxt = np.vstack([Vs[1:], np.zeros((1, Vs.shape[1]))])
-            # violation of v_{k+1} <= b mu_k <= v_k, relative to the column scale
-            scale = np.maximum(Vs[:1], 1e-300)
-            viol = (np.maximum(nxt - b * mk, 0.0) + np.maximum(b * mk - Vs, 0.0)) / scale
-            viol = np.where(np.isnan(viol), np.inf, viol)
-            best = np.argmin(viol, axis=0)
-            ms = mk[best, np.arange(Vs.shape[1])]
-            mu[s:s + _BLOCK] = np.where(np.isfinite(ms), ms, 0.0)
+            Vb = V[:, s:s + _BLOCK]
+            if K < n:
+                part = -np.partition(-Vb, K, axis=0)
+                top, after = -np.sort(-part[:K], axis=0), part[K]
+            else:
+                top, after = -np.sort(-Vb, axis=0), np.zeros(Vb.shape[1])
+            ms, viol = _segment_root(top, after, a, b)
+            bad = np.flatnonzero(viol > 1e-9)
+            if bad.size and K < n:
+                ms[bad], _ = _segment_root(-np.sort(-Vb[:, bad], axis=0), np.zeros(bad.size), a, b)
+            mu[s:s + _BLOCK] = ms
     if not want_x:
         return mu, None
     if nonneg:
@@ -361,6 +384,74 @@ def _grad_T(p, shape3, conn):
     return out
 
 
+def _edge_shape(k, H, W):
+    """Shape of edge family k (0 horizontal, 1 vertical, 2/3 diagonals) on an H x W grid."""
+    return [(H, W - 1), (H - 1, W), (H - 1, W - 1), (H - 1, W - 1)][k]
+
+
+def _box(scale, dt):
+    """``scale`` (float64) rounded *down* to dtype ``dt``, so that clipping to it is feasible."""
+    dt = np.dtype(dt)
+    scale = np.asarray(scale, dtype=np.float64)
+    sc = scale.astype(dt)
+    return np.where(sc.astype(np.float64) > scale, np.nextafter(sc, dt.type(0)), sc).astype(dt)
+
+
+def _tv_dual_fista(V3, p, scale, n_iter, conn):
+    """``n_iter`` FISTA steps (per-column adaptive restart) on the dual of the TV prox,
+
+        min_{|p_e| <= scale_j} 1/2 ||v_j - G^T p_j||^2,       step 1 / ||G||^2,
+
+    for images ``V3`` (H, W, m) (float32 or float64), in place on preallocated buffers. ``p`` is
+    a list of edge arrays of V3's dtype (the start); returned strictly inside the box
+    (``|p| <= scale`` exactly, see :func:`_box`), so ``p / scale`` is a feasible TV dual
+    whatever the number of steps.
+    """
+    dt = V3.dtype
+    L_inv = dt.type(1.0 / (16.0 if conn == 8 else 8.0))       # ||G||^2 <= 2 * max degree
+    sc = _box(scale, dt)
+    m = V3.shape[2]
+    p = [np.clip(pi, -sc, sc) for pi in p]
+    z = [pi.copy() for pi in p]
+    pn = [np.empty_like(pi) for pi in p]
+    g = [np.empty_like(pi) for pi in p]
+    x = np.empty_like(V3)
+    t = np.ones(m)
+    for _ in range(n_iter):
+        np.copyto(x, V3)                                  # x = v - G^T z
+        x[:, :-1] -= z[0]
+        x[:, 1:] += z[0]
+        x[:-1, :] -= z[1]
+        x[1:, :] += z[1]
+        if conn == 8:
+            x[:-1, :-1] -= z[2]
+            x[1:, 1:] += z[2]
+            x[:-1, 1:] -= z[3]
+            x[1:, :-1] += z[3]
+        np.subtract(x[:, :-1], x[:, 1:], out=g[0])        # g = G x
+        np.subtract(x[:-1, :], x[1:, :], out=g[1])
+        if conn == 8:
+            np.subtract(x[:-1, :-1], x[1:, 1:], out=g[2])
+            np.subtract(x[:-1, 1:], x[1:, :-1], out=g[3])
+        ip = np.zeros(m)
+        for k in range(len(p)):
+            g[k] *= L_inv
+            g[k] += z[k]
+            np.clip(g[k], -sc, sc, out=pn[k])             # pn = P(z + G x / L)
+            np.subtract(z[k], pn[k], out=g[k])            # g = z - pn
+            np.subtract(pn[k], p[k], out=z[k])            # z = pn - p
+            ip += np.einsum("ijk,ijk->k", g[k], z[k], dtype=np.float64)
+        t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
+        restart = ip > 0                                  # step against the momentum
+        beta = np.where(restart, 0.0, (t - 1) / t_new).astype(dt)
+        t = np.where(restart, 1.0, t_new)
+        for k in range(len(p)):
+            z[k] *= beta                                  # z = pn + beta (pn - p)
+            z[k] += pn[k]
+            p[k], pn[k] = pn[k], p[k]
+    return p
+
+
 def _shrink(U, thr, nonneg):
     if nonneg:
         return np.maximum(U - thr, 0.0)
@@ -381,7 +472,7 @@ def _single_pixel_atoms(W, norm):
     return val, X
 
 
-def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inner0=20):
+def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inner0=20, hi0=None):
     """Certified brackets ``lo <= h°(v_j) <= hi`` of the columns of float64 ``V`` (n, m).
 
     For a TV dual ``q`` with ``|q| <= 1`` the set ``mu (l1 s + tv G^T q)`` (``|s| <= 1``, minus the
@@ -391,9 +482,11 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     dual of the TV prox at the midpoint of the current bracket, warm-started across rounds;
     the smallest root of ``F_q`` is found by bisection and every accepted end is checked.
     The lower end is the value ``<v, x> / h(x)`` of the primal point of that prox. With
-    ``prune``, columns whose upper end falls below ``floor`` or the best lower value are
-    abandoned (their ``hi`` is then <= that value).
+    ``prune``, columns whose upper end falls below ``(1 + tol)`` times ``floor`` or the best
+    lower value are abandoned (their ``hi`` is then <= that value: ``max(hi)`` stays a valid
+    upper bound on the largest dual norm, within ``tol`` of it).
 
+    ``hi0`` optionally gives precomputed upper bounds (e.g. the no-TV dual norms).
     Returns ``(lo, hi, X, best)`` with ``X`` the best feasible maximisers (``h(x) = 1``).
     """
     a, b, c = _weights(norm)
@@ -402,14 +495,19 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     conn = int(norm.connectivity)
     n, m = V.shape
     L_G = 16.0 if conn == 8 else 8.0                   # ||G||^2 <= 2 * max degree
-    hi, _ = _dual_no_tv(V, a, b, nonneg, want_x=False)
+    hi = _dual_no_tv(V, a, b, nonneg, want_x=False)[0] if hi0 is None else \
+        np.array(hi0, dtype=np.float64)
     lo, X = _single_pixel_atoms(V, norm)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
     done = (hi <= 0) | (hi - lo <= tol * hi)
     if prune:
-        done |= hi <= best
+        done |= hi <= best * (1 + tol)
     act = np.flatnonzero(~done)
     V3all = V.reshape(H, Wd, m)
+    # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
+    # ~1e-6 relative, so high-accuracy requests stay in float64
+    fdt = np.float32 if tol >= 1e-5 else np.float64
+    V3f = V3all.astype(fdt)
     p = None
     old_scale = None
     inner = inner0
@@ -420,31 +518,17 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
         mu_g = 0.5 * (lo[act] + hi[act])
         scale = mu_g * c                                   # box of p = mu c q
         if p is None:
-            p = [np.zeros(d.shape) for d in _grad(V3, conn)]
+            p = [np.zeros(_edge_shape(k, H, Wd) + (act.size,), dtype=fdt)
+                 for k in range(4 if conn == 8 else 2)]
         else:
-            ratio = scale / np.maximum(old_scale, 1e-300)
-            p = [np.clip(pi * ratio, -scale, scale) for pi in p]
+            ratio = (scale / np.maximum(old_scale, 1e-300)).astype(fdt)
+            sc = _box(scale, fdt)
+            p = [np.clip(pi * ratio, -sc, sc) for pi in p]
         old_scale = scale
-        # FISTA on min_{|p| <= mu c} 1/2 ||v - G^T p||^2, per-column adaptive restart
-        z = [pi.copy() for pi in p]
-        t = np.ones(act.size)
         n_in = min(inner, max_iter - used)
-        for _ in range(n_in):
-            x = V3 - _grad_T(z, shape3, conn)
-            gx = _grad(x, conn)
-            p_new = [np.clip(zi + gi / L_G, -scale, scale) for zi, gi in zip(z, gx)]
-            t_new = 0.5 * (1 + np.sqrt(1 + 4 * t * t))
-            # restart where the step goes against the momentum direction
-            ip = sum(np.einsum("ij,ij->j", (zi - pn).reshape(-1, act.size),
-                               (pn - po).reshape(-1, act.size))
-                     for zi, pn, po in zip(z, p_new, p))
-            restart = ip > 0
-            beta = np.where(restart, 0.0, (t - 1) / t_new)
-            z = [pn + beta * (pn - po) for pn, po in zip(p_new, p)]
-            p = p_new
-            t = np.where(restart, 1.0, t_new)
+        p = _tv_dual_fista(V3f[:, :, act], p, scale, n_in, conn)
         used += n_in
-        GTp = _grad_T(p, shape3, conn).reshape(n, act.size)
+        GTp = _grad_T([pi.astype(np.float64) for pi in p], shape3, conn).reshape(n, act.size)
         Va = V[:, act]
         # lower end: primal point of the prox at mu_g, normalised
         Xp = _shrink(Va - GTp, mu_g * b, nonneg)
@@ -467,20 +551,26 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
         r = hi[act].copy()
         good = F(r) <= 0
         lft = np.minimum(lo[act], r)
+        busy = np.flatnonzero(good)
         for _ in range(64):
-            mid = 0.5 * (lft + r)
-            fm = F(mid)
-            right = good & (fm <= 0)
-            r = np.where(right, mid, r)
-            lft = np.where(good & ~right, mid, lft)
-            if np.all(~good | (r - lft <= 0.05 * tol * r)):
+            # a column is settled when its bracket is tight or (pruning) already below best
+            settled = r[busy] - lft[busy] <= 0.05 * tol * r[busy]
+            if prune:
+                settled |= r[busy] <= best * (1 + tol)
+            busy = busy[~settled]
+            if busy.size == 0:
                 break
+            mid = 0.5 * (lft[busy] + r[busy])
+            fm = F(mid, Va=Va[:, busy], D=D[:, busy])
+            right = fm <= 0
+            r[busy[right]] = mid[right]
+            lft[busy[~right]] = mid[~right]
         width_old = hi[act] - lo[act]
         hi[act] = np.where(good, np.minimum(hi[act], r), hi[act])
         width = hi[act] - lo[act]
         keep = width > tol * hi[act]
         if prune:
-            keep &= hi[act] > best
+            keep &= hi[act] > best * (1 + tol)
         if np.any(keep & (width > 0.25 * width_old)):
             inner = min(2 * inner, 2000)
         keep_idx = np.flatnonzero(keep)

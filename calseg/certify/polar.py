@@ -76,7 +76,7 @@ def _check_norms(W, temporal, spatial):
 
 def _rounding_margin(M):
     n = max(M.shape)
-    u = np.finfo(M.dtype).eps
+    u = float(np.finfo(M.dtype).eps)
     return 1.0 + 4 * n * u if M.dtype == np.float32 else 1.0 + 1e-10
 
 
@@ -84,10 +84,17 @@ def sigma_max_upper(M, *, power_iters=60, dense_limit=600):
     """An upper bound on ``sigma_max(M)``, exact for small matrices.
 
     Small matrices (smaller side <= ``dense_limit``) or any signed matrix: largest eigenvalue of
-    the smaller Gram matrix by a dense symmetric eigen-solver. Large entrywise nonnegative matrices: a Collatz-Wielandt
-    bound ``rho(K) <= max_i (K x)_i / x_i`` (any ``x > 0``) on ``K = M^T M`` with ``x`` from a
-    few power iterations; valid whatever the number of iterations.
+    the smaller Gram matrix by a dense symmetric eigen-solver. Large entrywise nonnegative
+    matrices (dense or ``scipy.sparse``): a Collatz-Wielandt bound
+    ``rho(K) <= max_i (K x)_i / x_i`` (any ``x > 0``) on ``K = M M^T`` with ``x`` from a few
+    power iterations; valid whatever the number of iterations.
     """
+    from scipy import sparse
+
+    if sparse.issparse(M):
+        if M.nnz == 0:
+            return 0.0
+        return _collatz_wielandt(M, power_iters) * (1.0 + 1e-10)
     M = np.asarray(M)
     if M.size == 0 or not np.any(M):
         return 0.0
@@ -99,28 +106,45 @@ def sigma_max_upper(M, *, power_iters=60, dense_limit=600):
         lam = float(np.linalg.eigvalsh(G)[-1])
         n = G.shape[0]
         return float(np.sqrt(max(lam, 0.0) * (1 + 1e-12 * n) + 1e-300)) * _rounding_margin(M)
-    Mt = M if rows <= cols else M.T                     # K = Mt Mt^T on the smaller side
-    x = np.ones(Mt.shape[0], dtype=Mt.dtype)
+    return _collatz_wielandt(M, power_iters) * _rounding_margin(M)
+
+
+def _collatz_wielandt(M, power_iters):
+    """sqrt of a Collatz-Wielandt bound on the spectral radius of ``M M^T`` (smaller side)."""
+    Mt = M if M.shape[0] <= M.shape[1] else M.T
+    dt = Mt.dtype
+    x = np.ones(Mt.shape[0], dtype=dt)
     for _ in range(power_iters):
-        y = Mt @ (Mt.T @ x)
+        y = np.asarray(Mt @ (Mt.T @ x)).reshape(-1)
         s = float(np.max(y))
         if s <= 0:
             return 0.0
-        x = y / s
+        x = (y / s).astype(dt, copy=False)
     x = x.astype(np.float64) + 1e-6
-    Kx = (Mt @ (Mt.T @ x.astype(Mt.dtype))).astype(np.float64)
-    lam = float(np.max(Kx / x))
-    return float(np.sqrt(lam)) * _rounding_margin(M)
+    Kx = np.asarray(Mt @ (Mt.T @ x.astype(dt))).reshape(-1).astype(np.float64)
+    return float(np.sqrt(float(np.max(Kx / x))))
 
 
-def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters):
-    """U2: min_t max(t / (b b'), sigma_max((Wb - t)_+) / (a a')) over a bisection in t."""
+def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters, u1):
+    """U2: min_t max(t / (b b'), sigma_max((Wb - t)_+) / (a a')) over a bisection in t.
+
+    ``u1`` is U1 (the value at t = 0). ``(Wb - t)_+`` is stored sparse once it is sparse.
+    """
+    from scipy import sparse
+
     top = float(np.max(Wb))
-    best = min(top / (b_t * b_s), sigma_max_upper(Wb, power_iters=power_iters) / (a_t * a_s))
+    best = min(top / (b_t * b_s), u1)
     lo, hi = 0.0, top
     for _ in range(steps):
         t = 0.5 * (lo + hi)
-        S = np.maximum(Wb - np.asarray(t, dtype=Wb.dtype), 0)
+        mask = Wb > t
+        nnz = int(np.count_nonzero(mask))
+        if nnz < 0.1 * Wb.size:
+            r, c = np.nonzero(mask)
+            S = sparse.csr_matrix((Wb[r, c].astype(np.float64) - t, (r, c)), shape=Wb.shape)
+        else:
+            S = np.maximum(Wb - np.asarray(t, dtype=Wb.dtype), 0)
+        del mask
         A = t / (b_t * b_s)
         B = sigma_max_upper(S, power_iters=power_iters) / (a_t * a_s)
         best = min(best, max(A, B))
@@ -171,18 +195,19 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
     xb = None
     upper = best
     pos = 0
+    size = 32                            # geometric blocks: a strong floor early prunes the rest
     while pos < order.size:
-        blk = order[pos:pos + _ROW_BLOCK]
-        pos += _ROW_BLOCK
-        blk = blk[ub[blk] > max(best, upper)]
+        blk = order[pos:pos + size]
+        pos += size
+        size = min(2 * size, _ROW_BLOCK)
+        blk = blk[ub[blk] > max(best * (1 + tol), upper)]
         if blk.size == 0:
             break                        # the remaining rows have even smaller ub
         V = np.empty((P, blk.size))
         for j, k in enumerate(blk):
-            sg = 1.0 if k < T else -1.0
-            V[:, j] = sg * W[k % T]
+            V[:, j] = W[k % T] if k < T else -W[k % T]
         lo, hi, X, _ = _dual_tv_cert(V, spatial, tol=tol, floor=best, prune=True,
-                                     max_iter=budget)
+                                     max_iter=budget, inner0=10, hi0=ub[blk])
         rows_lo[blk] = np.maximum(rows_lo[blk], lo)
         upper = max(upper, float(np.max(hi)))
         j = int(np.argmax(lo))
@@ -277,8 +302,8 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
             u1 = min(u1, sigma_max_upper(W))
         bounds["spectral"] = u1 / (a_t * a_s)
         if b_t > 0 and b_s > 0:
-            bounds["split"] = min(bounds["spectral"],
-                                  _split_bound(Wb, a_t, b_t, a_s, b_s, split_steps, power_iters))
+            bounds["split"] = _split_bound(Wb, a_t, b_t, a_s, b_s, split_steps, power_iters,
+                                           bounds["spectral"])
         del Wb
     if b_t > 0:
         up, low, kb, xb, rows_lo = _rows_sandwich(W, temporal, spatial, tol=tol, budget=budget)
