@@ -466,3 +466,19 @@ def test_array_movie_has_the_movie_interface():
         m.read(rows=slice(2, 9))
     with pytest.raises(InputError, match="stop=5"):
         m.read(0, 5)
+
+
+def test_real_recording_aligns_better_after_correction(shared_data):
+    from calseg.io.tiff import read_movie
+
+    movie = read_movie(shared_data / "sima_example" / "example.tif")  # 20 frames with visible motion
+    est = estimate_motion(movie)
+    assert np.abs(est.shifts).max() > 1.0  # there is motion to correct
+
+    def mean_corr(frames):
+        ref = est.reference[10:-10, 10:-10].ravel()
+        return np.mean([np.corrcoef(f[10:-10, 10:-10].ravel(), ref)[0, 1] for f in frames])
+
+    before = mean_corr(movie.read(dtype=np.float32))
+    after = mean_corr(CorrectedMovie(movie, est).read())
+    assert after > before + 0.05
