@@ -615,8 +615,11 @@ def estimate_motion(
         per-frame shift noise and motion roughness (1 on clean data, up to 9 on
         photon-starved data with slow motion; see ``_auto_window``).
     batch_size : int
-        Frames read from the movie at once. Peak memory is about ``batch_size + temporal_window``
-        frames plus fixed FFT work buffers (~4 M pixels), independent of ``T``.
+        Frames read from the movie at once. Peak memory is about ``2 batch_size +
+        temporal_window`` float32 frames plus FFT work buffers (~4 M pixels), after a set-up
+        that holds ``n_reference_frames`` frames (reference) and up to 100 frames (automatic
+        window) once; none of it grows with ``T`` (measured: 5.4 MB peak for 300 and for 1500
+        frames of 64 x 64 with ``batch_size=64``).
     block_size : (int, int)
         Block height and width for piecewise mode (clipped to the frame), each >= 16.
     block_overlap : float
