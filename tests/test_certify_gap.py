@@ -230,3 +230,29 @@ def test_validation():
         certify(Y, op, A, Z, lam=1.0, temporal=L2, spatial=L2, effort="max")
     with pytest.raises(InputError, match="background"):
         certify(Y, op, A, Z, lam=1.0, temporal=L2, spatial=L2, background=np.ones((4, 1)))
+
+
+def test_zero_factorisation_and_lambda_max_with_decay_operator():
+    """At X = 0 (no columns) the gap is exactly 0 once lam >= rho_up (lam_max corollary of
+    METHOD 5.5), and below rho_low the atom improves; real DecayOperator, float32, background."""
+    from calseg.model.temporal import DecayOperator
+
+    rng = np.random.default_rng(11)
+    T, shape = 80, (5, 6)
+    op = DecayOperator(T, 0.8)
+    F = fourier_background(T, 3)
+    Y = (rng.normal(size=(T, 30)) + F @ rng.normal(size=(3, 30))).astype(np.float32)
+    temporal = CompositeNorm(1.0, 1.0, 0.0)
+    spatial = CompositeNorm(1.0, 1.0, 0.5, image_shape=shape)
+    A0, Z0 = np.zeros((T, 0)), np.zeros((30, 0))
+    c, atom = certify(Y, op, A0, Z0, lam=0.3, temporal=temporal, spatial=spatial, background=F)
+    assert c.rho_low <= c.rho_up <= c.bounds["tv_rows"]
+    Yp = Y - F @ (F.T @ Y.astype(np.float64))
+    assert c.objective == pytest.approx(0.5 * np.sum(Yp ** 2), rel=1e-6)   # B refitted
+    big, _ = certify(Y, op, A0, Z0, lam=1.001 * c.rho_up, temporal=temporal, spatial=spatial,
+                     background=F)
+    assert big.status == "certified" and big.gap == 0.0
+    A1, Z1 = append_atom(Y, op, A0, Z0, atom, lam=0.9 * c.rho_low, background=F)
+    after, _ = certify(Y, op, A1, Z1, lam=0.9 * c.rho_low, temporal=temporal, spatial=spatial,
+                       background=F, effort="low")
+    assert after.objective < c.objective
