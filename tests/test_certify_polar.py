@@ -22,9 +22,16 @@ def _simplex_grid(T, N):
     return np.hstack(pts)
 
 
+def _signed_grid(T, N):
+    """The grid of :func:`_simplex_grid` copied into every orthant (the l1 sphere)."""
+    G = _simplex_grid(T, N)
+    signs = np.array(np.meshgrid(*[[1.0, -1.0]] * T)).reshape(T, -1)
+    return np.hstack([G * sg[:, None] for sg in signs.T])
+
+
 def exhaustive_polar(W, temporal, spatial, N):
-    """Interval [lo, hi] containing rho*(W) for nonnegative phi (T small), by a grid over the
-    simplex of temporal directions.
+    """Interval [lo, hi] containing rho*(W) (T small), by a grid over the simplex of temporal
+    directions (nonnegative phi) or over the whole l1 sphere (signed phi).
 
     rho* = max_{d in simplex} g(d) / h_A(d) with g(d) = h_Z°(W^T d) (g, h_A positively
     homogeneous, phi >= 0). Every direction d* lies within ||d - d*||_inf < 1/N of a grid point
@@ -35,7 +42,7 @@ def exhaustive_polar(W, temporal, spatial, N):
     is a certified upper end, the grid maximum of feasible values a lower end.
     """
     T = W.shape[0]
-    Dgrid = _simplex_grid(T, N)
+    Dgrid = _simplex_grid(T, N) if temporal.nonnegative else _signed_grid(T, N)
     mu, X = dual_norm(W.T @ Dgrid, spatial, tol=1e-9)
     g_lo = np.einsum("ij,ij->j", W.T @ Dgrid, X)          # feasible values
     hA = temporal.value(Dgrid)
@@ -80,6 +87,25 @@ def test_bounds_bracket_exhaustive_polar(kind, seed):
     assert rho_up == min(bounds.values())
     # U3 sandwich: within the factor (a' + b') / b' = 2 of the polar
     assert bounds["tv_rows"] <= 2 * true_hi
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_signed_factors_bracket_exhaustive_polar(seed):
+    """Both factors signed (|W| in U1/U2, both signs of every row in U3)."""
+    rng = np.random.default_rng(20 + seed)
+    T, shape = 2, (3, 4)
+    temporal = CompositeNorm(1.0, 0.7, 0.0, nonnegative=False)
+    spatial = CompositeNorm(1.0, 0.5, 0.4, nonnegative=False, image_shape=shape)
+    W = _tiny_W(rng, "blob", T, shape)
+    true_lo, true_hi = exhaustive_polar(W, temporal, spatial, N=400)
+    assert true_hi - true_lo < 0.2 * true_lo
+    rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=6, max_iter=50)
+    rho_up, bounds = polar_upper(W, temporal, spatial)
+    assert phi @ W @ psi == pytest.approx(rho_low, rel=1e-9)
+    assert temporal.value(phi)[0] == pytest.approx(1.0) and spatial.value(psi)[0] == pytest.approx(1.0)
+    assert 0.9 * true_lo <= rho_low <= true_hi
+    for name, b in bounds.items():
+        assert b >= true_lo * (1 - 1e-9), name
 
 
 def test_pure_l1_temporal_makes_row_bound_exact():

@@ -494,7 +494,6 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     H, Wd = (int(s) for s in norm.image_shape)
     conn = int(norm.connectivity)
     n, m = V.shape
-    L_G = 16.0 if conn == 8 else 8.0                   # ||G||^2 <= 2 * max degree
     hi = _dual_no_tv(V, a, b, nonneg, want_x=False)[0] if hi0 is None else \
         np.array(hi0, dtype=np.float64)
     lo, X = _single_pixel_atoms(V, norm)
