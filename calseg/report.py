@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["write_report", "run_facts", "certificate_facts"]
+__all__ = ["write_report", "render_summary", "run_facts", "certificate_facts"]
 
 #: Neurons whose footprints (grid) and traces are drawn, strongest first.
 N_FOOTPRINTS = 20
@@ -401,7 +401,27 @@ def _strongest(rd, n: int) -> list:
 
 
 def render_summary(rd, png_path: Path, *, dpi: int = 100) -> dict:
-    """Draw ``summary.png`` for the result ``rd``; return what was drawn (for the HTML page)."""
+    """Draw the summary figure of a result folder into ``png_path``.
+
+    Parameters
+    ----------
+    rd : calseg.export.folder.ResultDir
+    png_path : str or Path
+    dpi : int, default 100
+
+    Returns
+    -------
+    dict
+        ``labels_drawn`` (ids drawn on the images), ``label_font_pt``, ``n_footprints``,
+        ``n_traces`` and ``size_px`` (width, height) — for the HTML page and tests.
+
+    Notes
+    -----
+    Ids are drawn in order of decreasing score and skipped where their box would overlap one
+    already drawn; the font is sized so that an id fits a typical neuron (median area) at the
+    panel's scale, between 3 and 9 pt. All ids are drawn as two path collections, so a
+    500-neuron field renders in about a second.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
@@ -501,7 +521,7 @@ def _html(rd, png_bytes: bytes, drawn: dict) -> str:
     if tiles:
         keys = ["tile", "status", "objective", "gap", "rho_low", "rho_up", "lam"]
         keys = [k for k in keys if any(k in t for t in tiles)]
-        rows = [[_fmt(t.get(k)) if isinstance(t.get(k), (int, float)) else (t.get(k) if t.get(k) is not None else "—")
+        rows = [[_fmt(t.get(k), 6) if isinstance(t.get(k), (int, float)) else (t.get(k) if t.get(k) is not None else "—")
                  for k in keys] for t in tiles]
         parts += [f"<details><summary>Certificate of each tile ({len(tiles)})</summary>", _table(rows, keys),
                   "</details>"]
@@ -509,7 +529,7 @@ def _html(rd, png_bytes: bytes, drawn: dict) -> str:
     if settings:
         parts += ["<details><summary>Settings</summary>",
                   _table([(k, v) for k, v in settings.items()], ["setting", "value"]), "</details>"]
-    files = sorted(p.name for p in rd.path.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p.name + ("/" if p.is_dir() else "") for p in rd.path.iterdir() if not p.name.startswith("."))
     parts += ["<details><summary>Files in this folder</summary>",
               _table([(f,) for f in files]), "</details>",
               "<p style='color:#777;font-size:.8em'>Written by calseg "

@@ -31,6 +31,20 @@ def result(tmp_path_factory):
     return out, truth
 
 
+CORE_FILES = ("masks.tif", "footprints.tif", "regions.json", "neurons.csv", "traces.csv", "spikes.csv",
+              "certificate.json", "run.json", "mean.tif", "correlation.tif")
+
+
+def _fresh_copy(src, dst):
+    """Copy only the files `calseg run` writes (other tests add exports to the shared folder)."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    for name in CORE_FILES:
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
 def _rasterise(coords_list, shape):
     """Pixels whose centres lie inside any of the polygons (x, y pixel-corner coordinates)."""
     from matplotlib.path import Path as MPath
@@ -360,10 +374,7 @@ def test_write_exports_parses_checks_and_writes(result, tmp_path, monkeypatch):
     assert parse_exports(None) == ()
     with pytest.raises(ConfigError, match="'matlab' is unknown"):
         parse_exports("suite2p,matlab")
-    import shutil
-
-    res = tmp_path / "res"
-    shutil.copytree(result[0], res)
+    res = _fresh_copy(result[0], tmp_path / "res")
     written = write_exports(res, "rois,suite2p")
     assert written == {"rois": res / "rois.zip", "suite2p": (res / "suite2p" / "plane0").resolve()}
     assert sorted(p.name for p in res.iterdir() if p.name.startswith(".")) == []   # no temporaries
@@ -393,18 +404,14 @@ def test_exporters_refuse_a_folder_that_is_not_a_result(tmp_path):
 
 
 def test_write_extras_is_what_every_result_gets(result, tmp_path, monkeypatch, caplog):
-    import shutil
-
     from calseg.export import write_extras
 
-    res = tmp_path / "res"
-    shutil.copytree(result[0], res)
+    res = _fresh_copy(result[0], tmp_path / "res")
     written = write_extras(res, "nwb" if _has("pynwb") else ())
     assert {"summary", "report", "rois"} <= set(written) and (res / "summary.png").stat().st_size > 10_000
     assert ("nwb" in written) == _has("pynwb")
     # without matplotlib and roifile the report and ROIs are skipped with a warning, not an error
-    res2 = tmp_path / "res2"
-    shutil.copytree(result[0], res2)
+    res2 = _fresh_copy(result[0], tmp_path / "res2")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "roifile", None)
     with caplog.at_level("WARNING", logger="calseg"):

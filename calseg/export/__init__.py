@@ -112,16 +112,16 @@ def write_extras(result_dir, exports=(), *, report: bool = True) -> dict:
     exports = tuple(e for e in parse_exports(exports) if e != "rois")
     check_exports(exports)
     written = {}
-    if report:
+    try:
+        written["rois"] = write_imagej_rois(result_dir)
+    except ConfigError as exc:
+        log.warning("rois.zip not written: %s", exc)
+    written.update(write_exports(result_dir, exports))
+    if report:  # last, so that its list of files is complete
         from ..report import write_report
 
         try:
             written["summary"], written["report"] = write_report(result_dir)
         except ConfigError as exc:
             log.warning("summary.png and report.html not written: %s", exc)
-    try:
-        written["rois"] = write_imagej_rois(result_dir)
-    except ConfigError as exc:
-        log.warning("rois.zip not written: %s", exc)
-    written.update(write_exports(result_dir, exports))
     return written
