@@ -99,16 +99,18 @@ def family_prox_twin(X, Df, Dold, c, beta, k, starts, lengths, stride, group):
 
 
 def family_gap_twin(X, Df, c, k, starts, lengths, stride):
-    """Numpy twin of ``family_gap``: (r, nch) prox-gap terms of one family."""
+    """Numpy twin of ``family_gap``: (r, nch) prox-gap terms and c|dx| sums of one family."""
     r = X.shape[0]
     out = np.zeros((r, len(starts)))
+    tv = np.zeros((r, len(starts)))
     for j in range(r):
         for ch in range(len(starts)):
             idx = _chain_index(starts[ch], lengths[ch], stride)
             q = np.cumsum(Df[j, idx].astype(np.float64))[:-1] / k
             dx = X[j, idx[:-1]].astype(np.float64) - X[j, idx[1:]]
             out[j, ch] = np.sum(c[j] * np.abs(dx) - q * dx)
-    return out
+            tv[j, ch] = np.sum(c[j] * np.abs(dx))
+    return out, tv
 
 
 # ----------------------------------------------------------------------------------------------

@@ -161,10 +161,11 @@ def test_dykstra_kernels_vs_twins(dtype):
             np.testing.assert_allclose(Df, want_df, atol=ATOL[dtype] * 20)
             np.testing.assert_allclose(Dold, want_old, atol=ATOL[dtype] * 20)
             np.testing.assert_allclose(dot, want_dot, atol=ATOL[dtype] * 100)
-        gap = np.zeros((r, len(s)))
-        _kernels.family_gap(X, Dall[f], c, k, s, ln, stride, gap)
-        np.testing.assert_allclose(gap, family_gap_twin(X, Dall[f], c, k, s, ln, stride),
-                                   atol=ATOL[dtype] * 100)
+        gap, tvb = np.zeros((r, len(s))), np.zeros((r, len(s)))
+        _kernels.family_gap(X, Dall[f], c, k, s, ln, stride, gap, tvb)
+        want_gap, want_tv = family_gap_twin(X, Dall[f], c, k, s, ln, stride)
+        np.testing.assert_allclose(gap, want_gap, atol=ATOL[dtype] * 100)
+        np.testing.assert_allclose(tvb, want_tv, atol=ATOL[dtype] * 100)
 
 
 # ---------------------------------------------------------------------------------- 2-D prox

@@ -236,14 +236,16 @@ def family_prox(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf)
 
 
 @njit(parallel=True)
-def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf):
+def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf):
     """Prox-gap terms of one family: ``gapbuf[j, ch] = sum_e c_j |dx_e| - q_e dx_e``.
 
     Over the chain's edges e = (a, next a), ``dx_e = X[j, a] - X[j, next]`` and the family dual
     ``q = cumsum(Df[j] along the chain) / k`` (so ``Df = D_f^T (k q)``); each term is >= 0 when
     ``|q| <= c_j``. Accumulated in float64.
 
-    X, Df : (r, n); c : (r,) float64; gapbuf : (r, nch) float64.
+    ``tvbuf[j, ch] = sum_e c_j |dx_e|`` (the scale of the gap's rounding error).
+
+    X, Df : (r, n); c : (r,) float64; gapbuf, tvbuf : (r, nch) float64.
     """
     r = X.shape[0]
     nch = starts.shape[0]
@@ -254,6 +256,7 @@ def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf):
         s0 = starts[ch]
         m = lengths[ch]
         g = 0.0
+        a = 0.0
         u = 0.0
         xa = np.float64(X[j, s0])
         for i in range(m - 1):
@@ -261,5 +264,7 @@ def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf):
             xb = np.float64(X[j, s0 + (i + 1) * stride])
             dx = xa - xb
             g += cj * abs(dx) - (u / k) * dx
+            a += cj * abs(dx)
             xa = xb
         gapbuf[j, ch] = g
+        tvbuf[j, ch] = a
