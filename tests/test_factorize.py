@@ -54,10 +54,10 @@ def test_certificate_and_growth_from_too_small_rank():
     assert cert.objective - Pstar <= cert.gap + 1e-9 * Pstar     # the gap bounds the error
     assert cert.status == "certified"
     assert np.all(np.diff(res.history) <= 1e-12 * Pstar)
-    # without growth the single column stays: the certificate reports a large gap
+    # without growth at most the single start column remains: the certificate reports a large gap
     res1 = factorize(Y, (7, 10), lam=lam, rank=1, max_iter=3000, tol=1e-10, certify=True,
                      grow_rank=False, **NUCLEAR)
-    assert res1.n_grow == 0 and res1.rank == 1
+    assert res1.n_grow == 0 and res1.rank <= 1
     assert res1.certificate.status == "bounded"
     assert res1.certificate.gap >= res1.objective - Pstar - 1e-9 * Pstar
     assert res1.certificate.rho_low > lam
