@@ -50,6 +50,10 @@ def main(T=3000, H=64, W=64, rank=50, n_sweeps=5, seed=0):
         total = time.perf_counter() - t0
     print(f"bench_solver: T={T} P={H}x{W} r={rank} (after 1 warm-up sweep: r={A.shape[1]}) "
           f"float32, decay operator, TV on")
+    import os
+
+    threads = {k: os.environ.get(k, "default") for k in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    print(f"  threads: {threads} (on a loaded machine threaded BLAS/numba can be ~10x slower)")
     print(f"  precompute (D^T Y', ||D||^2): {t_pre:.3f} s")
     print(f"  {res.n_iter} sweeps in {total:.3f} s: {total / max(res.n_iter, 1):.3f} s per sweep "
           f"(restarts {res.n_restarts}, final r={res.A.shape[1]})")

@@ -151,9 +151,10 @@ CONSTRAINTS = {
     "spatial": _weights(3),
     "temporal": _weights(2),
     "nonnegative": _boolean(),
-    "operator": _Constraint(lambda v: (isinstance(v, str) and v in ("decay", "identity"))
-                            or (hasattr(v, "apply") and hasattr(v, "adjoint") and hasattr(v, "norm_sq")),
-                            "'decay', 'identity' or an operator object (apply/adjoint/norm_sq)"),
+    "operator": _Constraint(
+        lambda v: (isinstance(v, str) and v in ("decay", "identity"))
+        or all(hasattr(v, a) for a in ("apply", "adjoint", "norm_sq")),
+        "'decay', 'identity' or an operator object (apply/adjoint/norm_sq)"),
     "background": _Constraint(lambda v: v is None or (isinstance(v, np.ndarray) and v.ndim == 2),
                               "None or an array F of shape (T, k) with orthonormal columns"),
     "certificate_tol": _real(0.0, lo_open=True),
@@ -221,13 +222,18 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         Weights (alpha', beta') of ``||a||_A = alpha' ||a||_2 + beta' ||a||_1``.
     nonnegative : bool
         Constrain A >= 0 and Z >= 0.
-    operator : {"decay", "identity"}
+    operator : {"decay", "identity"} or operator object
         Temporal operator D: the unit-column calcium-decay dictionary (needs ``tau`` and
-        ``fps``; ``rise`` optional) or the identity.
+        ``fps``; ``rise`` optional), the identity, or a ready operator with ``apply``,
+        ``adjoint``, ``norm_sq`` and ``n_frames == T`` (e.g. a
+        :class:`~calseg.model.temporal.DecayOperator`; then tau/fps/rise are ignored).
     tau, fps, rise : float or None
         Decay time (s), frame rate (Hz), rise time (s).
     n_background : int
         Number k of slow Fourier background atoms (0: no background term).
+    background : ndarray of shape (T, k) or None
+        An explicit background dictionary with orthonormal columns (e.g. Fourier atoms plus
+        neuropil traces); overrides ``n_background``.
     rank : int or None
         Initial number of columns; None: ``min(50, T, P)``. Ignored when ``init`` is a pair.
     init : None, "random", "impulse" or (A0, Z0)
@@ -248,15 +254,12 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         append it (exact line search) and resume the solver (needs ``certify``).
     max_grow : int
         Maximum number of growth rounds.
+    certificate_tol : float
+        Relative gap at or below which the certificate's status is "certified".
     seed : int
         Seed of the random start and of the certificate's randomized search.
     callback : callable or None
         ``callback(iteration, objective)`` after every solver iteration.
-    background : ndarray of shape (T, k) or None
-        An explicit background dictionary F with orthonormal columns (e.g. Fourier atoms plus
-        neuropil time courses); overrides ``n_background``.
-    certificate_tol : float
-        Relative gap at or below which the certificate's status is ``certified``.
 
     Returns
     -------
@@ -356,15 +359,18 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         from calseg.certify.gap import append_atom
         from calseg.certify.gap import certify as certify_fn
 
-        background = F if F.shape[1] else None
+        bg = F if F.shape[1] else None
         while True:
             certificate, atom = certify_fn(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
-                                           spatial=spatial_norm, background=background,
+                                           spatial=spatial_norm, background=bg,
                                            tol=float(certificate_tol), seed=int(seed))
             if (not grow_rank or atom is None or n_grow >= max_grow
                     or not atom.rho > lam * (1.0 + _GROW_MARGIN)):
                 break
-            A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=background)
+            try:
+                A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)
+            except InputError:  # the atom no longer decreases the objective
+                break
             n_grow += 1
             res = bcd(pre, op, A, Z, **solve)
             history.append(res.history)

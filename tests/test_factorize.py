@@ -175,3 +175,27 @@ def test_recovers_planted_neurons():
     print("footprint corr", np.round(z_match, 3), "spike corr", np.round(s_match, 3))
     assert np.all(z_match > 0.9)
     assert np.all(s_match > 0.7)
+
+
+def test_operator_object_and_explicit_background_match_named_options():
+    """A ready operator and an explicit orthonormal F give the same result as the names."""
+    from calseg.model.background import fourier_background
+    from calseg.model.temporal import DecayOperator
+
+    rng = np.random.default_rng(5)
+    T, H, W = 40, 4, 5
+    Y = 3.0 + rng.random((T, H * W))
+    common = dict(lam=0.3, rank=3, max_iter=50, tol=1e-8, spatial=(1.0, 1.0, 0.0),
+                  certify=True, grow_rank=False, certificate_tol=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = factorize(Y, (H, W), tau=0.5, fps=10.0, n_background=3, **common)
+        b = factorize(Y, (H, W), operator=DecayOperator.from_tau(T, 0.5, 10.0),
+                      background=fourier_background(T, 3), **common)
+    assert a.objective == pytest.approx(b.objective, rel=1e-12)
+    np.testing.assert_allclose(a.Z, b.Z, atol=1e-12)
+    # the certificate sees the background (B refit): its objective is the solver's
+    assert a.certificate.objective == pytest.approx(a.objective, rel=1e-6)
+    assert a.certificate.tol == 0.5
+    with pytest.raises(ConfigError, match="orthonormal"):
+        factorize(Y, (H, W), operator="identity", lam=0.3, background=rng.random((T, 2)))
