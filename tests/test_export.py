@@ -60,7 +60,7 @@ def _rasterise(coords_list, shape):
 
 # --------------------------------------------------------------------------- ImageJ ROIs
 def test_rois_zip_reproduces_masks(result):
-    import roifile
+    roifile = pytest.importorskip("roifile")
 
     from calseg.export.rois import write_imagej_rois
 
@@ -83,7 +83,7 @@ def test_rois_zip_reproduces_masks(result):
 
 def test_rois_of_awkward_masks(tmp_path):
     """Two pieces, a hole, pixels touching at a corner, a 1-pixel neuron, image borders."""
-    import roifile
+    roifile = pytest.importorskip("roifile")
 
     from calseg.export.rois import write_imagej_rois
 
@@ -109,7 +109,7 @@ def test_rois_of_awkward_masks(tmp_path):
 
 def test_rois_from_a_real_imagej_zip_convention(shared_data):
     """Our tracer on the masks of Fiji's own ROIs (sima example) gives ROIs that fill identically."""
-    import roifile
+    roifile = pytest.importorskip("roifile")
 
     from calseg.export.rois import mask_outlines
 
