@@ -105,6 +105,13 @@ def _setup_logging(*, debug: bool, quiet: bool, log_file: str | None) -> None:
         level = min(level, file_level)
         _log_to_file("calseg " + " ".join(sys.argv[1:]), logging.INFO)
     root.setLevel(level)
+    if not debug:  # a warning is one log line (stderr and --log-file), not file:line + source
+        import warnings
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            logging.getLogger("calseg").warning("warning: %s: %s", category.__name__, message)
+
+        warnings.showwarning = showwarning
 
 
 class _StderrHandler(logging.StreamHandler):

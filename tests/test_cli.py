@@ -255,6 +255,26 @@ def test_debug_shows_tracebacks(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"calseg: error: {tmp_path / 'missing.tif'}: no such file"]
 
 
+def test_warnings_are_one_log_line(tmp_path, monkeypatch):
+    import warnings
+
+    from calseg.errors import ConvergenceWarning
+
+    def warns(mov, settings, progress=None):
+        warnings.warn("stopped on its iteration budget", ConvergenceWarning, stacklevel=1)
+        return fake_segment(mov, settings, progress=progress)
+
+    monkeypatch.setattr("calseg.pipeline.segment", warns)
+    src = movie(tmp_path / "m.tif")
+    log = tmp_path / "log.txt"
+    res = cli("--log-file", log, "run", src, "-o", tmp_path / "o", "--fps", 10)
+    assert res.exit_code == 0
+    lines = [ln for ln in res.stderr.splitlines() if "ConvergenceWarning" in ln]
+    assert lines == ["calseg: warning: ConvergenceWarning: stopped on its iteration budget"]
+    assert "warnings.warn" not in res.stderr
+    assert "WARNING" in next(ln for ln in log.read_text().splitlines() if "ConvergenceWarning" in ln)
+
+
 def test_progress_terminal_vs_log_lines(monkeypatch, caplog):
     class Tty(io.StringIO):
         def isatty(self):
@@ -511,11 +531,45 @@ def test_constant_recording_gives_empty_valid_result(tmp_path):
 def test_recording_shorter_than_decay_time(tmp_path):
     """12 frames at 30 Hz (0.4 s) with GCaMP6s (1.2 s decay): a warning line, a result, exit 0."""
     src = tmp_path / "short.tif"
-    movie(src, T=12, H=24, W=24)
+    movie(src, T=12, H=20, W=20)
     res = cli("run", src, "-o", tmp_path / "out", "--fps", 30, "--indicator", "gcamp6s",
-              "--workers", 1, "--json")
+              "--workers", 1, "--json", "--no-certify", "--no-grow", "--max-iter", 5)
     assert res.exit_code == 0, res.stderr
     assert "shorter than two decay times" in res.stderr
     json.loads(res.stdout)
     for f in OUTPUT_FILES:
         assert (tmp_path / "out" / f).is_file()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 32 KB tmpfs (a really full disk); skipped where mounting is not allowed."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_really_full_disk(tmp_path, fake, tiny_disk):
+    src = movie(tmp_path / "m.tif", T=200, H=64, W=64)  # outputs of ~150 KB do not fit in 32 KB
+    res = cli("run", src, "-o", tiny_disk / "out", "--fps", 10)
+    assert res.exit_code == 1
+    one_error_line(res, "out", "No space left on device")
+    assert list(tiny_disk.iterdir()) == []  # no output folder, no temp folder
+    res = cli("batch", src, "-o", tiny_disk / "root", "--fps", 10)
+    assert res.exit_code == 1
+    assert "No space left on device" in rows_of(tiny_disk / "root")["m"]["error"]
+    assert sorted(p.name for p in (tiny_disk / "root").iterdir()) == [".locks", "batch.csv", "batch.json"]
+
+
+def rows_of(root):
+    import csv
+
+    with open(Path(root) / "batch.csv", newline="") as fh:
+        return {r["name"]: r for r in csv.DictReader(fh)}
