@@ -42,12 +42,14 @@ def test_objective_never_increases_between_accepted_iterates(dtype):
     """Run k = 1, 2, ... iterations from the same start (the solver is deterministic) and
     check the directly computed objective of each returned iterate is nonincreasing."""
     Y, op, D, F, spatial, temporal = small_problem(dtype)
+    if dtype == np.float32:  # TV is exercised by the float64 case; keep this one cheap
+        spatial = CompositeNorm(1.0, 0.5, 0.0)
     pre = precompute(Y, op, F)
     assert pre.DtY.dtype == dtype
     A0, Z0 = init_factors(Y.shape[0], Y.shape[1], 5, seed=1)
     lam = 0.03
     values, internal = [], []
-    for k in range(1, 12):
+    for k in (1, 2, 3, 4, 6, 9, 12):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             res = bcd(pre, op, A0, Z0, lam=lam, temporal=temporal, spatial=spatial,
