@@ -19,9 +19,11 @@ Which inputs make which recordings
 * a glob (quote it, e.g. ``'data/*.tif'``): each match by the rules above.
 
 Hidden files and folders, and anything inside OUTROOT, are ignored. An input that does not exist
-or matches nothing is reported as a failed recording. Two recordings with the same name are told
-apart by their parent folder's name (``day1_movie``, ``day2_movie``), and by a hash of their path
-if that is not enough; names therefore stay the same from one run to the next.
+or matches nothing is reported as a failed recording. Two recordings of one batch with the same
+name are told apart by their parent folder's name (``day1_movie``, ``day2_movie``), and by a hash
+of their path if that is not enough. A name thus depends only on the recording's path and on
+which other recordings of the batch share it: rerunning the same inputs finds the same folders
+(adding a second ``movie.tif`` later renames the first one's output, which is then redone).
 
 What a run does with each recording
 -----------------------------------
