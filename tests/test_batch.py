@@ -450,3 +450,21 @@ def test_sigterm_stops_cleanly(tmp_path):
     assert (r["r0"]["status"], r["r1"]["status"]) == ("interrupted", "pending")
     assert not (out / "r0").exists() and leftovers(out) == []
     assert list((out / ".locks").iterdir()) == []
+
+
+def test_frame_sequence_and_neurofinder_folders_are_one_recording_each(tmp_path, fake):
+    rng = np.random.default_rng(5)
+    nf = tmp_path / "data" / "neurofinder.01.00" / "images"
+    seq = tmp_path / "data" / "session7"
+    for folder in (nf, seq):
+        folder.mkdir(parents=True)
+        for t in range(12):
+            tifffile.imwrite(folder / f"image{t}.tif", rng.integers(0, 999, (10, 12), dtype=np.uint16))
+    out = tmp_path / "out"
+    res = cli("batch", tmp_path / "data", "-o", out, "--fps", 7)
+    assert res.exit_code == 0, res.output
+    assert set(rows(out)) == {"neurofinder.01.00", "session7"}
+    for name, folder in (("neurofinder.01.00", nf), ("session7", seq)):
+        info = assert_complete(out / name)
+        assert info["shape"] == [12, 10, 12]
+        assert info["input"]["paths"] == [str(folder / f"image{t}.tif") for t in range(12)]  # natural order
