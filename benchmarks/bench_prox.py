@@ -2,7 +2,8 @@
 
 * 2-D: 8-connected TV prox of one 512 x 512 image (disc + checkerboard + noise, weight 0.2) for
   each method in the registry, at the certified relative tolerances listed in TOLS, with the
-  true relative error against a tight dykstra solution.
+  true relative error against a tighter dykstra solution (tol 1e-4; its own error is far
+  smaller, see tests). FISTA stops at ``fista_max_iter`` (reported as not converged).
 * 1-D: Condat kernel time per 10^6 samples, and the compiled C package ``condat-tv``
   (``pip install condat-tv``) when importable, with the ratio.
 
@@ -35,7 +36,7 @@ def _image(H=512, W=512, seed=0):
     return (img + 0.3 * rng.normal(size=(H, W))).ravel()
 
 
-def main(size=512, weight=0.2, tols=TOLS, methods=None, fista_max_iter=2000, repeat=2):
+def main(size=512, weight=0.2, tols=TOLS, methods=None, fista_max_iter=300, repeat=1):
     """Print and return the timings as a dict."""
     from calseg.prox.tv import TV2D_METHODS, prox_tv1d, prox_tv2d
 
@@ -44,7 +45,7 @@ def main(size=512, weight=0.2, tols=TOLS, methods=None, fista_max_iter=2000, rep
     dev = np.linalg.norm(y - y.mean())
     prox_tv2d(y[:64], weight, (8, 8), method="dykstra")  # compile / load caches
     prox_tv2d(y[:64], weight, (8, 8), method="fista")
-    ref, _, _ = prox_tv2d(y, weight, (size, size), tol=1e-5, max_iter=5000)
+    ref, _, _ = prox_tv2d(y, weight, (size, size), tol=1e-4, max_iter=5000)
     print(f"2-D TV prox, {size}x{size}, 8-connected, weight {weight} (tol = certified bound on "
           f"||x - x*|| / ||y - mean y||)")
     for method in methods or sorted(TV2D_METHODS):

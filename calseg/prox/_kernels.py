@@ -132,21 +132,93 @@ def tv1d_rows(Y, lam, X):
         tv1d_condat(Y[i], lam[i], X[i])
 
 
+@njit
+def _mean_item(Y, D, X, j):
+    k = D.shape[0]
+    inv = 1.0 / k
+    for p in range(Y.shape[1]):
+        acc = 0.0
+        for f in range(k):
+            acc += D[f, j, p]
+        X[j, p] = Y[j, p] - acc * inv
+
+
 @njit(parallel=True)
 def dykstra_mean(Y, D, X):
     """``X[j] = Y[j] - mean_f D[f, j]`` for every image j (primal point of the family duals).
 
-    Y, X : (r, n); D : (k, r, n).
+    Y, X : (r, n); D : (k, r, n). ``dykstra_mean_serial`` is the same without threads.
     """
-    k = D.shape[0]
-    r, n = Y.shape
-    inv = 1.0 / k
-    for j in prange(r):
-        for p in range(n):
-            s = 0.0
-            for f in range(k):
-                s += D[f, j, p]
-            X[j, p] = Y[j, p] - s * inv
+    for j in prange(Y.shape[0]):
+        _mean_item(Y, D, X, j)
+
+
+@njit
+def dykstra_mean_serial(Y, D, X):
+    for j in range(Y.shape[0]):
+        _mean_item(Y, D, X, j)
+
+
+@njit
+def _family_prox_item(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf, t, ngr, maxlen):
+    nch = starts.shape[0]
+    j = t // ngr
+    gi = t - j * ngr
+    cj = c[j]
+    if cj <= 0.0:
+        dotbuf[j, gi] = 0.0
+        return
+    b = beta[j]
+    c0 = gi * group
+    c1 = min(c0 + group, nch)
+    G = c1 - c0
+    z = np.empty((G, maxlen), dtype=X.dtype)
+    p = np.empty(maxlen, dtype=X.dtype)
+    gl = 0
+    for g in range(G):
+        if lengths[c0 + g] > gl:
+            gl = lengths[c0 + g]
+    # gather z = X + Df along each chain
+    if stride == 1:
+        for g in range(G):
+            s0 = starts[c0 + g]
+            for i in range(lengths[c0 + g]):
+                z[g, i] = X[j, s0 + i] + Df[j, s0 + i]
+    else:
+        for i in range(gl):
+            for g in range(G):
+                if i < lengths[c0 + g]:
+                    idx = starts[c0 + g] + i * stride
+                    z[g, i] = X[j, idx] + Df[j, idx]
+    dot = 0.0
+    for g in range(G):
+        m = lengths[c0 + g]
+        s0 = starts[c0 + g]
+        tv1d_condat(z[g, :m], k * cj, p[:m])
+        for i in range(m):
+            z[g, i] -= p[i]
+    # scatter d, the extrapolated point, and the restart inner product
+    if stride == 1:
+        for g in range(G):
+            s0 = starts[c0 + g]
+            for i in range(lengths[c0 + g]):
+                idx = s0 + i
+                dn = z[g, i]
+                do = Dold[j, idx]
+                dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
+                Df[j, idx] = dn
+                Dold[j, idx] = dn + b * (dn - do)
+    else:
+        for i in range(gl):
+            for g in range(G):
+                if i < lengths[c0 + g]:
+                    idx = starts[c0 + g] + i * stride
+                    dn = z[g, i]
+                    do = Dold[j, idx]
+                    dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
+                    Df[j, idx] = dn
+                    Dold[j, idx] = dn + b * (dn - do)
+    dotbuf[j, gi] = dot
 
 
 @njit(parallel=True)
@@ -168,71 +240,41 @@ def family_prox(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf)
     starts, lengths : (nch,) int64; stride : int; group : int >= 1;
     dotbuf : (r, ceil(nch / group)) float64.
     """
-    r = X.shape[0]
-    nch = starts.shape[0]
-    ngr = (nch + group - 1) // group
-    maxlen = 0
-    for ch in range(nch):
-        if lengths[ch] > maxlen:
-            maxlen = lengths[ch]
-    for t in prange(r * ngr):
-        j = t // ngr
-        gi = t - j * ngr
-        cj = c[j]
-        if cj <= 0.0:
-            dotbuf[j, gi] = 0.0
-            continue
-        b = beta[j]
-        c0 = gi * group
-        c1 = min(c0 + group, nch)
-        G = c1 - c0
-        z = np.empty((G, maxlen), dtype=X.dtype)
-        p = np.empty(maxlen, dtype=X.dtype)
-        gl = 0
-        for g in range(G):
-            if lengths[c0 + g] > gl:
-                gl = lengths[c0 + g]
-        # gather z = X + Df along each chain
-        if stride == 1:
-            for g in range(G):
-                s0 = starts[c0 + g]
-                for i in range(lengths[c0 + g]):
-                    z[g, i] = X[j, s0 + i] + Df[j, s0 + i]
-        else:
-            for i in range(gl):
-                for g in range(G):
-                    if i < lengths[c0 + g]:
-                        idx = starts[c0 + g] + i * stride
-                        z[g, i] = X[j, idx] + Df[j, idx]
-        dot = 0.0
-        for g in range(G):
-            m = lengths[c0 + g]
-            s0 = starts[c0 + g]
-            tv1d_condat(z[g, :m], k * cj, p[:m])
-            for i in range(m):
-                z[g, i] -= p[i]
-        # scatter d, the extrapolated point, and the restart inner product
-        if stride == 1:
-            for g in range(G):
-                s0 = starts[c0 + g]
-                for i in range(lengths[c0 + g]):
-                    idx = s0 + i
-                    dn = z[g, i]
-                    do = Dold[j, idx]
-                    dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
-                    Df[j, idx] = dn
-                    Dold[j, idx] = dn + b * (dn - do)
-        else:
-            for i in range(gl):
-                for g in range(G):
-                    if i < lengths[c0 + g]:
-                        idx = starts[c0 + g] + i * stride
-                        dn = z[g, i]
-                        do = Dold[j, idx]
-                        dot += np.float64(Df[j, idx] - dn) * np.float64(dn - do)
-                        Df[j, idx] = dn
-                        Dold[j, idx] = dn + b * (dn - do)
-        dotbuf[j, gi] = dot
+    ngr = (starts.shape[0] + group - 1) // group
+    maxlen = lengths.max()
+    for t in prange(X.shape[0] * ngr):
+        _family_prox_item(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf, t, ngr, maxlen)
+
+
+@njit
+def family_prox_serial(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf):
+    """``family_prox`` without threads (small problems: no thread start-up cost)."""
+    ngr = (starts.shape[0] + group - 1) // group
+    maxlen = lengths.max()
+    for t in range(X.shape[0] * ngr):
+        _family_prox_item(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf, t, ngr, maxlen)
+
+
+@njit
+def _family_gap_item(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf, t, nch):
+    j = t // nch
+    ch = t - j * nch
+    cj = c[j]
+    s0 = starts[ch]
+    m = lengths[ch]
+    g = 0.0
+    a = 0.0
+    u = 0.0
+    xa = np.float64(X[j, s0])
+    for i in range(m - 1):
+        u += np.float64(Df[j, s0 + i * stride])
+        xb = np.float64(X[j, s0 + (i + 1) * stride])
+        dx = xa - xb
+        g += cj * abs(dx) - (u / k) * dx
+        a += cj * abs(dx)
+        xa = xb
+    gapbuf[j, ch] = g
+    tvbuf[j, ch] = a
 
 
 @njit(parallel=True)
@@ -247,24 +289,14 @@ def family_gap(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf):
 
     X, Df : (r, n); c : (r,) float64; gapbuf, tvbuf : (r, nch) float64.
     """
-    r = X.shape[0]
     nch = starts.shape[0]
-    for t in prange(r * nch):
-        j = t // nch
-        ch = t - j * nch
-        cj = c[j]
-        s0 = starts[ch]
-        m = lengths[ch]
-        g = 0.0
-        a = 0.0
-        u = 0.0
-        xa = np.float64(X[j, s0])
-        for i in range(m - 1):
-            u += np.float64(Df[j, s0 + i * stride])
-            xb = np.float64(X[j, s0 + (i + 1) * stride])
-            dx = xa - xb
-            g += cj * abs(dx) - (u / k) * dx
-            a += cj * abs(dx)
-            xa = xb
-        gapbuf[j, ch] = g
-        tvbuf[j, ch] = a
+    for t in prange(X.shape[0] * nch):
+        _family_gap_item(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf, t, nch)
+
+
+@njit
+def family_gap_serial(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf):
+    """``family_gap`` without threads."""
+    nch = starts.shape[0]
+    for t in range(X.shape[0] * nch):
+        _family_gap_item(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf, t, nch)

@@ -163,6 +163,12 @@ def _dykstra(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=
     r, n = Yt.shape
     fams = chain_families(image_shape, connectivity)
     k = len(fams)
+    # threads only pay off on large problems (a parallel region costs a thread wake-up)
+    if r * n >= PARALLEL_MIN_SIZE:
+        k_mean, k_prox, k_gap = _kernels.dykstra_mean, _kernels.family_prox, _kernels.family_gap
+    else:
+        k_mean = _kernels.dykstra_mean_serial
+        k_prox, k_gap = _kernels.family_prox_serial, _kernels.family_gap_serial
     X = np.empty_like(Yt)
     cur = warm.arrays[0].copy() if warm is not None else np.zeros((k, r, n), dtype=Yt.dtype)
     hat = cur.copy()
@@ -182,11 +188,11 @@ def _dykstra(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=
     tvbufs = [np.zeros((r, len(f[0]))) for f in fams]
 
     def measure_gap():
-        _kernels.dykstra_mean(Yt, cur, X)
+        k_mean(Yt, cur, X)
         g = np.zeros(r)
         ctv = np.zeros(r)
         for f, (s, ln, stride) in enumerate(fams):
-            _kernels.family_gap(X, cur[f], c, k, s, ln, stride, gapbufs[f], tvbufs[f])
+            k_gap(X, cur[f], c, k, s, ln, stride, gapbufs[f], tvbufs[f])
             g += gapbufs[f].sum(axis=1)
             ctv += tvbufs[f].sum(axis=1)
         # below ROUNDING * c TV(x) the computed gap is rounding noise: count it as converged
@@ -207,9 +213,9 @@ def _dykstra(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=
         ca = np.where(active, c, 0.0)
         t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
         beta = np.where(active, (t - 1.0) / t_new, 0.0)
-        _kernels.dykstra_mean(Yt, hat, X)
+        k_mean(Yt, hat, X)
         for f, (s, ln, stride) in enumerate(fams):
-            _kernels.family_prox(X, hat[f], cur[f], ca, beta, k, s, ln, stride, group, dotbufs[f])
+            k_prox(X, hat[f], cur[f], ca, beta, k, s, ln, stride, group, dotbufs[f])
         # hat now holds the new iterate, cur the extrapolated point: swap roles
         cur, hat = hat, cur
         dot = sum(db.sum(axis=1) for db in dotbufs)
@@ -224,7 +230,7 @@ def _dykstra(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=
         gap = measure_gap()
         converged = bool(np.all(gap[c > 0] <= thresh[c > 0]))
     else:
-        _kernels.dykstra_mean(Yt, cur, X)
+        k_mean(Yt, cur, X)
     return X, (cur,), {"n_iter": it, "gap": gap, "converged": converged}
 
 
@@ -308,6 +314,9 @@ def _fista(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=10
     x = (Y - DT(q, tmp)).reshape(r, n)
     return x.copy(), tuple(q), {"n_iter": it, "gap": gap, "converged": converged}
 
+
+PARALLEL_MIN_SIZE = 1 << 16
+"""Problems with fewer than this many pixel-columns (r * H * W) run the serial kernels."""
 
 ROUNDING = 1e-15
 """A gap below ``ROUNDING * c * TV(x)`` is rounding noise of its float64 sum and counts as met."""
