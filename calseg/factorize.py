@@ -18,7 +18,6 @@ from calseg.errors import ConfigError, InputError
 
 __all__ = ["Factorization", "factorize"]
 
-_GROW_MARGIN = 1e-3  # grow only when the atom's rho exceeds lam * (1 + margin)
 
 
 @dataclass(frozen=True)
@@ -158,6 +157,9 @@ CONSTRAINTS = {
     "background": _Constraint(lambda v: v is None or (isinstance(v, np.ndarray) and v.ndim == 2),
                               "None or an array F of shape (T, k) with orthonormal columns"),
     "certificate_tol": _real(0.0, lo_open=True),
+    "tv_tol": _real(0.0, lo_open=True),
+    "certificate_effort": _one_of("low", "normal", "high"),
+    "grow_margin": _real(0.0),
     "tau": _real(0.0, lo_open=True, optional=True),
     "fps": _real(0.0, lo_open=True, optional=True),
     "rise": _real(0.0, lo_open=True, optional=True),
@@ -203,7 +205,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
               nonnegative=True, operator="decay", tau=None, fps=None, rise=None,
               n_background=5, rank=None, init=None, connectivity=8, max_iter=500, tol=1e-6,
               certify=True, grow_rank=True, max_grow=10, seed=0, callback=None,
-              background=None, certificate_tol=1e-3):
+              background=None, certificate_tol=1e-3, tv_tol=1e-3, certificate_effort="low",
+              grow_margin=0.05):
     """Factor a movie block as ``Y ~ D A Z^T + F B^T`` with structured column norms.
 
     Parameters
@@ -250,12 +253,21 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     certify : bool
         Compute the optimality certificate (:func:`calseg.certify.gap.certify`).
     grow_rank : bool
-        When the certificate's polar search finds an atom with ``rho > lam (1 + 1e-3)``,
+        When the certificate's polar search finds an atom with ``rho > lam (1 + grow_margin)``,
         append it (exact line search) and resume the solver (needs ``certify``).
     max_grow : int
         Maximum number of growth rounds.
     certificate_tol : float
         Relative gap at or below which the certificate's status is "certified".
+    tv_tol : float
+        Accuracy of the footprint TV prox inside the solver (relative distance to the exact
+        prox, warm-started between iterations). An inexact prox only changes the path: accepted
+        iterates still never increase the objective, and the certificate is computed exactly.
+    certificate_effort : {"low", "normal", "high"}
+        Effort of the certificate's polar bounds (see :func:`calseg.certify.gap.certify`).
+    grow_margin : float
+        Grow only when the improving atom's rho exceeds ``lam * (1 + grow_margin)``: at an
+        inexactly converged stationary point the active atoms themselves sit at rho ~ lam.
     seed : int
         Seed of the random start and of the certificate's randomized search.
     callback : callable or None
@@ -285,7 +297,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                   operator=operator, tau=tau, fps=fps, rise=rise, n_background=n_background,
                   rank=rank, init=init, connectivity=connectivity, max_iter=max_iter, tol=tol,
                   certify=certify, grow_rank=grow_rank, max_grow=max_grow, seed=seed,
-                  callback=callback, background=background, certificate_tol=certificate_tol)
+                  callback=callback, background=background, certificate_tol=certificate_tol,
+                  tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin)
     _validate(params)
     Y = _as_data(Y)
     T, P = Y.shape
@@ -329,7 +342,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     else:
         F = fourier_background(T, int(n_background))
     spatial_norm = CompositeNorm(*map(float, spatial), nonnegative=bool(nonnegative),
-                                 image_shape=(H, W), connectivity=int(connectivity))
+                                 image_shape=(H, W), connectivity=int(connectivity),
+                                 tv_tol=float(tv_tol))
     temporal_norm = CompositeNorm(float(temporal[0]), float(temporal[1]), 0.0,
                                   nonnegative=bool(nonnegative))
 
@@ -363,9 +377,10 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         while True:
             certificate, atom = certify_fn(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                            spatial=spatial_norm, background=bg,
-                                           tol=float(certificate_tol), seed=int(seed))
+                                           tol=float(certificate_tol), effort=certificate_effort,
+                                           seed=int(seed))
             if (not grow_rank or atom is None or n_grow >= max_grow
-                    or not atom.rho > lam * (1.0 + _GROW_MARGIN)):
+                    or not atom.rho > lam * (1.0 + grow_margin)):
                 break
             try:
                 A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)

@@ -270,6 +270,31 @@ def _overall_certificate(tile_results, tol) -> dict:
     }
 
 
+def _write_footprints(path: Path, components, shape) -> None:
+    """One float32 page per neuron (page k = id k+1) as one series, written page by page.
+
+    A result without neurons gets a single all-zero page whose metadata says ``neurons: 0``.
+    """
+    import tifffile
+
+    H, W = shape
+
+    def pages():
+        for c in components:
+            page = np.zeros(H * W, np.float32)
+            page[c.pixels] = c.weights
+            yield page.reshape(H, W)
+
+    n = len(components)
+    with tifffile.TiffWriter(path) as tw:
+        if n == 0:
+            tw.write(np.zeros((H, W), np.float32), metadata={"neurons": 0})
+        else:
+            tw.write(pages(), shape=(n, H, W), dtype=np.float32, compression="zlib",
+                     photometric="minisblack",
+                     metadata={"neurons": n})
+
+
 def save_factors(path: Path, result: Result) -> None:
     """Everything ``calseg certify`` needs besides the movie: each tile's factors and model."""
     import json
@@ -305,13 +330,7 @@ def write_result(result: Result, out, *, force: bool = False, extra_info: dict |
     names = [str(n["id"]) for n in result.neurons]
     with ResultFolder(out, force=force) as tmp:
         tifffile.imwrite(tmp / "masks.tif", result.masks)
-        with tifffile.TiffWriter(tmp / "footprints.tif") as tw:
-            if not result.components:
-                tw.write(np.zeros((0, H, W), np.float32), compression="zlib")
-            for c in result.components:
-                page = np.zeros(H * W, np.float32)
-                page[c.pixels] = c.weights
-                tw.write(page.reshape(H, W), compression="zlib")
+        _write_footprints(tmp / "footprints.tif", result.components, (H, W))
         # regions.json keeps each neuron's whole mask (Neurofinder regions may overlap);
         # masks.tif gives a shared pixel to the neuron with the larger footprint there
         coords = [np.column_stack(np.divmod(np.sort(c.mask), W)) for c in result.components]

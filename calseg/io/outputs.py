@@ -62,6 +62,7 @@ class ResultFolder:
                 raise OutputError(f"{self.out}: cannot write ({exc.strerror or exc})") from None
             return False
         try:
+            _respect_umask(self.tmp)
             old = None
             if self.out.exists():
                 old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
@@ -73,6 +74,16 @@ class ResultFolder:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise OutputError(f"{self.out}: cannot move the finished results into place ({exc.strerror})") from None
         return False
+
+
+def _respect_umask(folder: Path) -> None:
+    """Give the finished folder and its files the permissions a plain mkdir/open would have
+    (temporary folders and files are created private)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)
+    for p in folder.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def write_json(path: Path, obj) -> None:
