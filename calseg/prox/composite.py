@@ -45,7 +45,8 @@ class CompositeNorm:
         2-D TV prox solver, see :func:`calseg.prox.tv.prox_tv2d`.
     tv_tol : float
         Relative accuracy of the TV prox, certified by its duality gap:
-        ``||x - x*|| <= tv_tol * ||y - mean(y)||`` per column.
+        ``||x - x*|| <= tv_tol * ||y - mean(y)||`` per column (see :mod:`calseg.prox.tv`;
+        values below ~1e-7 are capped by float64 rounding of the gap).
     tv_max_iter : int
         Iteration budget of the TV prox.
 
