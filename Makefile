@@ -12,15 +12,16 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,report,rois]'
+	$(PY) -m pip install --quiet -e '.[test,nwb]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-## demo: run calseg's main job on the bundled sample recording (output in demo_out/)
+## demo: run calseg's main job on the bundled sample recording (output in demo_out/) and score it
 demo: $(STAMP)
 	$(VENV)/bin/calseg info sample_data/movie.tif
-	$(VENV)/bin/calseg score sample_data/truth/regions.json sample_data/truth/regions.json
+	$(VENV)/bin/calseg run sample_data/movie.tif -o demo_out --force
+	$(VENV)/bin/calseg score sample_data/truth demo_out
 
 ## test: the whole default test suite (fast, offline, seeded)
 test: $(STAMP)
@@ -30,10 +31,19 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
-## bench: timings (prints figures; never asserts on time)
+## bench: timings (prints figures; never asserts on time); BENCH_ARGS=--quick for a short run
 bench: $(STAMP)
 	$(PY) -m pip install --quiet condat-tv || echo "condat-tv not installable: C reference skipped"
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+## evaluate: accuracy table on simulated recordings and spikefinder, beside Suite2p/OASIS when
+## their environment exists (make suite2p-env); EVAL_ARGS=--quick for a short run
+evaluate: $(STAMP)
+	$(PY) benchmarks/evaluate.py $(EVAL_ARGS)
+
+## suite2p-env: Suite2p 1.1.0 (CPU) and OASIS in their own environment, .venv-suite2p
+suite2p-env:
+	bash scripts/suite2p_env.sh
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache build *.egg-info

@@ -13,7 +13,7 @@ FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 def njit(*args, parallel=False, **kwargs):
     """``numba.njit`` with calseg's flags: ``cache=True``, shared fastmath set, no GIL."""
     kwargs.setdefault("cache", True)
-    kwargs.setdefault("fastmath", FASTMATH)
+    kwargs.setdefault("fastmath", set(FASTMATH))  # numba wants a set, not a frozenset
     kwargs.setdefault("nogil", True)
     kwargs["parallel"] = parallel
     if args and callable(args[0]) and len(args) == 1:

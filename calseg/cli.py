@@ -407,6 +407,8 @@ _RUN_OPTIONS = [
     ("--channel", "channel", dict(type=int, help="Channel to use in multi-channel data (0-based).")),
     ("--plane", "plane", dict(type=int, help="Plane to use in multi-plane data (0-based).")),
     ("--seed", "seed", dict(type=int, help="Random seed.")),
+    ("--motion-correction", "motion_correction", dict(type=click.Choice(["none", "rigid", "piecewise"]),
+                                                      help="Motion correction before segmentation (default rigid).")),
 ]
 
 
@@ -444,9 +446,13 @@ def _settings_from(config_path, options):
               help="Output folder (written atomically).")
 @_run_options
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--export", "exports", default=None, metavar="FORMATS",
+              help="Also write these formats, comma-separated: suite2p (suite2p/plane0/ for the Suite2p GUI), "
+                   "nwb (calseg.nwb; needs pynwb). summary.png, report.html and rois.zip are always written.")
+@click.option("--no-report", "no_report", is_flag=True, help="Do not write summary.png and report.html.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.pass_context
-def run_cmd(ctx, movie, out, config_path, force, as_json, **options):
+def run_cmd(ctx, movie, out, config_path, force, exports, no_report, as_json, **options):
     """Find the neurons of MOVIE and write masks, traces, spikes and a certificate to OUT.
 
     MOVIE is a TIFF (multi-page, BigTIFF, ImageJ, OME, ScanImage), a folder of single-frame TIFFs,
@@ -458,6 +464,10 @@ def run_cmd(ctx, movie, out, config_path, force, as_json, **options):
     from .io.tiff import read_movie
 
     settings = _settings_from(config_path, options)
+    from .export import check_exports, parse_exports
+
+    exports = parse_exports(exports)
+    check_exports(exports)
     ResultFolder(out, force=force).check()  # fail before any work
     t0 = time.perf_counter()
     paths = list(movie) if len(movie) > 1 else movie[0]
@@ -469,7 +479,7 @@ def run_cmd(ctx, movie, out, config_path, force, as_json, **options):
     extra = {"input": {"paths": [str(p) for p in mov.paths], "shape": list(mov.shape), "dtype": str(mov.dtype),
                        **fingerprint(mov.paths)},
              "wall_seconds": time.perf_counter() - t0}
-    write_result(result, out, force=force, extra_info=extra)
+    write_result(result, out, force=force, extra_info=extra, exports=exports, report=not no_report)
     cert = result.certificate
     summary = {"output": str(out), "n_neurons": result.n_neurons, "certificate": cert.get("status"),
                "relative_gap": cert.get("relative_gap"), "seconds": round(time.perf_counter() - t0, 2)}

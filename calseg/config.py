@@ -89,7 +89,7 @@ class Settings:
     mask_threshold: float = 0.2
     min_area_fraction: float = 0.15
     max_area_fraction: float = 4.0
-    motion_correction: str = "none"
+    motion_correction: str = "rigid"
     workers: int | None = None
     max_memory: str | None = None
     channel: int | None = None

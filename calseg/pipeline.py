@@ -31,10 +31,6 @@ from .errors import ConfigError, InputError
 
 log = logging.getLogger("calseg")
 
-#: Default λ in units of the per-pixel noise SD (the data are noise-normalised per pixel).
-DEFAULT_LAM = 1.0
-
-
 @dataclass
 class Result:
     """Everything a run produces, in memory.
@@ -70,6 +66,7 @@ class Result:
     images: dict = field(default_factory=dict)
     tile_results: list = field(default_factory=list)
     context: object = None
+    motion: object = None
 
     @property
     def n_neurons(self) -> int:
@@ -98,11 +95,6 @@ def fingerprint(paths) -> dict:
                 h.update(fh.read(1 << 20))
         h.update(str(st.st_size).encode())
     return {"sha256_head_tail": h.hexdigest(), "files": files}
-
-
-def default_lam(settings: Settings) -> float:
-    return (settings.lam if settings.lam is not None else DEFAULT_LAM) * (
-        1.0 if settings.lam is not None else settings.lam_scale)
 
 
 def segment(movie, settings: Settings | None = None, *, progress=None) -> Result:
@@ -142,6 +134,18 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     timings: dict[str, float] = {}
     report = progress or (lambda stage, done, total: None)
 
+    motion = None
+    if settings.motion_correction != "none":
+        from .motion import CorrectedMovie, estimate_motion
+
+        t0 = time.perf_counter()
+        motion = estimate_motion(movie, mode=settings.motion_correction, seed=settings.seed,
+                                 progress=lambda d, n: report("motion", d, n))
+        movie = CorrectedMovie(movie, motion)
+        timings["motion"] = time.perf_counter() - t0
+        log.info("motion (%s): largest shift %.2f px", settings.motion_correction,
+                 float(np.abs(motion.shifts).max()) if len(motion.shifts) else 0.0)
+
     t0 = time.perf_counter()
     summ = summarize(movie, block=max(16, int(round(2 * diameter))),
                      progress=lambda d, n: report("summary", d, n))
@@ -150,8 +154,9 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     t0 = time.perf_counter()
     tau, rise = settings.decay()
     tau_source = "settings" if tau is not None else "estimated"
+    seeds = find_seeds(summ.correlation, summ.peak, diameter)
     if tau is None:
-        tau = estimate_tau(movie, fps, summary=summ)
+        tau = estimate_tau(movie, fps, summary=summ, seeds=seeds)
     if rise is not None and abs(rise - tau) < 1e-3 * tau:
         rise = None
     if rise is not None and rise * fps < 0.3:  # a rise much shorter than a frame is invisible
@@ -159,8 +164,6 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     if T < 2 * tau * fps:
         log.warning("the recording (%d frames) is shorter than two decay times (%.1f frames)", T, tau * fps)
     neuropil = neuropil_atoms(summ, settings.n_neuropil)
-    seeds = find_seeds(summ.correlation, summ.peak, diameter)
-    lam = default_lam(settings)
     timings["kinetics_seeds"] = time.perf_counter() - t0
 
     tile_size, overlap = default_tile_geometry(diameter, H, W)
@@ -169,6 +172,24 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     if overlap >= tile_size:
         raise ConfigError(f"setting 'tile_overlap' = {overlap} must be smaller than the tile size ({tile_size})")
     tiles = plan_tiles(H, W, tile_size, overlap)
+
+    t0 = time.perf_counter()
+    rho_noise = None
+    if settings.lam is not None:
+        lam = float(settings.lam)
+    else:
+        from .lam import DEFAULT_FACTOR, noise_polar
+        from .model.temporal import DecayOperator
+        from .prox.composite import CompositeNorm
+        from .tile import background_dictionary
+
+        op = DecayOperator.from_tau(T, tau, fps, rise=rise)
+        F = background_dictionary(T, settings.n_background, neuropil)
+        rho_noise = noise_polar(T, tiles[0].shape, op, F, CompositeNorm(*settings.temporal),
+                                CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
+                                              connectivity=settings.connectivity), seed=settings.seed)
+        lam = settings.lam_scale * DEFAULT_FACTOR * rho_noise
+    timings["lambda"] = time.perf_counter() - t0
     area = np.pi * diameter ** 2 / 4.0
     ctx = TileContext(
         noise=summ.noise, mean=summ.mean, seeds=seeds, neuropil=neuropil, diameter=diameter,
@@ -200,7 +221,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         "calseg_version": __version__,
         "settings": settings.to_dict(),
         "resolved": {"fps": fps, "cell_diameter_px": diameter, "tau_s": tau, "tau_source": tau_source,
-                     "rise_s": rise, "lam": lam, "tile_size": tile_size, "tile_overlap": overlap,
+                     "rise_s": rise, "lam": lam, "noise_polar": rho_noise, "tile_size": tile_size, "tile_overlap": overlap,
                      "n_tiles": len(tiles), "n_seeds": int(len(seeds)),
                      "n_neuropil_atoms": int(neuropil.shape[1]), "workers": workers},
         "shape": [T, H, W],
@@ -212,7 +233,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
                   certificate=certificate, info=info, shape=(T, H, W), fps=fps, settings=settings,
                   images={"mean": summ.mean, "correlation": summ.correlation, "noise": summ.noise,
                           "peak": summ.peak},
-                  tile_results=tile_results, context=ctx)
+                  tile_results=tile_results, context=ctx, motion=motion)
 
 
 def _name(movie) -> str:
@@ -319,8 +340,13 @@ OUTPUT_FILES = ("masks.tif", "footprints.tif", "regions.json", "neurons.csv", "t
 NEURON_COLUMNS = ["id", "centroid_y", "centroid_x", "area", "peak_dff", "snr", "score"]
 
 
-def write_result(result: Result, out, *, force: bool = False, extra_info: dict | None = None) -> Path:
-    """Write every output file of ``result`` into the folder ``out``, atomically."""
+def write_result(result: Result, out, *, force: bool = False, extra_info: dict | None = None,
+                 exports=(), report: bool = True) -> Path:
+    """Write every output file of ``result`` into the folder ``out``, atomically.
+
+    After the core files are in place, ``rois.zip``, the requested ``exports`` ("suite2p",
+    "nwb") and, unless ``report=False``, ``summary.png`` + ``report.html`` are added.
+    """
     import tifffile
 
     from .io.outputs import ResultFolder, write_frame_table, write_json, write_table
@@ -345,10 +371,15 @@ def write_result(result: Result, out, *, force: bool = False, extra_info: dict |
                 tifffile.imwrite(tmp / f"{name}.tif", np.asarray(result.images[name], np.float32))
         if result.context is not None:
             save_factors(tmp / "factors.npz", result)
+        if result.motion is not None:
+            result.motion.to_csv(tmp / "motion.csv")
         info = dict(result.info)
         if extra_info:
             info.update(extra_info)
         info["n_neurons"] = result.n_neurons
         info["peak_rss_bytes"] = _peak_rss_bytes()
         write_json(tmp / "run.json", info)
+    from .export import write_extras
+
+    write_extras(out, exports, report=report)
     return Path(out)

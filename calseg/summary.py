@@ -194,38 +194,61 @@ def neuropil_atoms(summary: Summary, n_atoms: int, *, min_spread: float = 0.5) -
 
 
 def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: Summary | None = None,
-                 max_frames: int = 5000) -> float:
-    """Estimate the calcium decay time (s) from the autocovariance of the most active pixels.
+                 max_frames: int = 5000, seeds=None) -> float:
+    """Estimate the calcium decay time (s) from the autocovariance of the most active traces.
 
-    For an AR(1) calcium process plus white noise, the autocovariance at lags k >= 1 is
-    c·γ^k, so γ = acov(2)/acov(1) free of the noise; the median over the ``n_pixels`` pixels of
-    highest local correlation (or over the given traces) is returned as τ = −1/(fps·ln γ),
-    clamped to [0.05, 5] s.
+    For an exponentially decaying calcium process plus white noise, the autocovariance at lags
+    k >= 1 is c·γ^k, free of the noise. For each trace (the 3x3 neighbourhood means around the
+    ``seeds``, else the ``n_pixels`` pixels of highest local correlation, or the given traces),
+    log acov(k) is fitted by a line over the lags from 2 (past the rise) to where acov falls
+    below a fifth of acov(2); the median γ over traces gives τ = −1/(fps·ln γ), clamped to
+    [0.05, 5] s.
     """
     if isinstance(movie_or_traces, np.ndarray) and movie_or_traces.ndim == 2:
         traces = movie_or_traces.astype(np.float64)
     else:
         movie = movie_or_traces
         T, H, W = movie.shape
-        score = summary.correlation if summary is not None else np.ones((H, W))
-        flat = np.argsort(score.ravel())[::-1][:n_pixels]
-        ys, xs = np.unravel_index(flat, (H, W))
         stop = min(T, max_frames)
-        cols = []
-        for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32):
-            cols.append(X[:, ys, xs])
+        if seeds is not None and len(seeds):
+            pts = np.asarray(seeds)[: n_pixels // 4]
+            cols = []
+            for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32):
+                block = np.empty((X.shape[0], len(pts)), np.float32)
+                for j, (r, c) in enumerate(pts):
+                    block[:, j] = X[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean(axis=(1, 2))
+                cols.append(block)
+        else:
+            score = summary.correlation if summary is not None else np.ones((H, W))
+            flat = np.argsort(score.ravel())[::-1][:n_pixels]
+            ys, xs = np.unravel_index(flat, (H, W))
+            cols = [X[:, ys, xs] for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32)]
         traces = np.concatenate(cols, axis=0).astype(np.float64)
     traces = traces[np.all(np.isfinite(traces), axis=1)]
-    traces = traces - traces.mean(axis=0)
+    T = traces.shape[0]
+    max_lag = int(min(max(T // 4, 3), max(5 * fps * 2, 10)))
     g = []
     for j in range(traces.shape[1]):
-        x = traces[:, j]
-        c1 = np.dot(x[1:], x[:-1])
-        c2 = np.dot(x[2:], x[:-2])
-        if c1 > 0 and c2 > 0 and c2 < c1:
-            g.append(c2 / c1)
+        x = traces[:, j] - np.median(traces[:, j])
+        x = x - x.mean()
+        ac = np.array([np.dot(x[k:], x[:T - k]) / (T - k) for k in range(1, max_lag + 1)])
+        if ac[0] <= 0 or len(ac) < 3 or ac[1] <= 0:
+            continue
+        lags = np.arange(1, max_lag + 1)
+        use = np.zeros(len(ac), bool)
+        for k in range(1, len(ac)):  # from lag 2, contiguous while acov stays high
+            if ac[k] < 0.2 * ac[1]:
+                break
+            use[k] = True
+        if use.sum() < 2:
+            if ac[2 - 1] > 0 and ac[1] < ac[0]:
+                g.append(ac[1] / ac[0])
+            continue
+        slope = np.polyfit(lags[use], np.log(ac[use]), 1)[0]
+        if slope < 0:
+            g.append(float(np.exp(slope)))
     if not g:
-        return float(np.clip(1.0, 0.05, 5.0))
+        return 1.0
     gamma = float(np.median(g))
     tau = -1.0 / (fps * np.log(gamma))
     return float(np.clip(tau, 0.05, 5.0))

@@ -140,6 +140,8 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     cert = fact.certificate.to_dict() if getattr(fact, "certificate", None) is not None else None
     info = {"tile": tile.index, "window": [tile.y0, tile.y1, tile.x0, tile.x1], "seeds": int(len(local)),
             "rank": int(fact.A.shape[1]), "kept": len(comps), "n_iter": int(fact.n_iter),
+            "n_grow": int(getattr(fact, "n_grow", 0)),
+            "seconds_certificate": float(fact.certificate.seconds) if fact.certificate is not None else 0.0,
             "stop_reason": fact.stop_reason, "objective": float(fact.objective),
             "seconds_read": t_read, "seconds_factorize": t_fact,
             "seconds": time.perf_counter() - t0}

@@ -256,6 +256,26 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     return cert, atom
 
 
+def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effort="low", seed=0):
+    """The best atom the polar lower-bound search finds at (A, Z), without the upper bounds.
+
+    Cheaper than :func:`certify` (no upper bounds, no gap): what rank growth needs between
+    solver runs. Returns None when the search finds no pair with a positive value.
+    """
+    n_starts, max_iter = _effort(effort)[:2]
+    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
+    R, _ = _residual(Y, op, A, Z, Q)
+    W = np.asarray(op.adjoint(R))
+    if W.dtype != R.dtype:
+        W = W.astype(R.dtype)
+    del R
+    _check_norms(W, temporal, spatial)
+    rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed)
+    if rho <= 0:
+        return None
+    return Atom(phi=np.asarray(phi, dtype=np.float64), psi=np.asarray(psi, dtype=np.float64), rho=float(rho))
+
+
 def append_atom(Y, op, A, Z, atom, *, lam, background=None):
     """Append ``(sqrt(eta) phi, sqrt(eta) psi)`` with the exact line-search step.
 

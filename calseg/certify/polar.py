@@ -39,6 +39,9 @@ _EFFORT = {
     "high":     (16,    100,   24,          150,         10000),
 }
 _ROW_BLOCK = 512
+# accuracy of the block maximisers inside the lower-bound search: only the feasible points are
+# used (their values are recomputed), so this trades bound quality for time, never validity
+_INNER_TOL = 1e-4
 
 
 def _effort(effort):
@@ -432,9 +435,9 @@ def _alternate(W, temporal, spatial, Phi, *, max_iter, tol):
         G = (W.T @ Phi[:, active].astype(dt)).astype(np.float64)          # (P, s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            _, Psi_a = dual_norm(G, spatial, tol=1e-6, max_iter=5000)
+            _, Psi_a = dual_norm(G, spatial, tol=_INNER_TOL, max_iter=1000)
             Hm = (W @ Psi_a.astype(dt)).astype(np.float64)                 # (T, s)
-            _, Phi_a = dual_norm(Hm, temporal, tol=1e-6, max_iter=5000)
+            _, Phi_a = dual_norm(Hm, temporal, tol=_INNER_TOL, max_iter=1000)
         # certified values of the pairs (normalise by the computed norms)
         ha = np.asarray(temporal.value(Phi_a), dtype=np.float64).reshape(-1)
         hz = np.asarray(spatial.value(Psi_a), dtype=np.float64).reshape(-1)
