@@ -2,8 +2,10 @@
 
 Each tile keeps only components whose centroid lies in its core, so a neuron is normally found
 once. Near a core boundary two tiles can both see the same neuron with centroids that fall on
-either side; such pairs (masks overlapping by more than ``overlap`` of the smaller one and
-calcium traces correlated above ``corr``) are merged by keeping the stronger component.
+either side, and inside one tile rank growth can add a partial copy of a neuron already there;
+such pairs (masks overlapping by more than ``overlap`` of the smaller one and calcium traces
+correlated above ``corr``) are merged by keeping the stronger component. Overlapping neurons with
+different activity are kept apart by the trace test.
 """
 from __future__ import annotations
 
@@ -40,8 +42,6 @@ def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
         c = components[i]
         dup = False
         for k in kept:
-            if k.tile == c.tile:
-                continue
             dy = k.centroid[0] - c.centroid[0]
             dx = k.centroid[1] - c.centroid[1]
             if dy * dy + dx * dx > diameter * diameter:

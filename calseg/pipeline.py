@@ -31,6 +31,9 @@ from .errors import ConfigError, InputError
 
 log = logging.getLogger("calseg")
 
+#: rise time / decay time assumed when the decay is estimated from the data
+RISE_FRACTION = 0.06
+
 @dataclass
 class Result:
     """Everything a run produces, in memory.
@@ -157,6 +160,10 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     seeds = find_seeds(summ.correlation, summ.peak, diameter)
     if tau is None:
         tau = estimate_tau(movie, fps, summary=summ, seeds=seeds)
+        if rise is None:
+            # the data rarely pin the rise down; GCaMP-family indicators rise in ~6% of their
+            # decay time (it is dropped below a third of a frame)
+            rise = RISE_FRACTION * tau
     if rise is not None and abs(rise - tau) < 1e-3 * tau:
         rise = None
     if rise is not None and rise * fps < 0.3:  # a rise much shorter than a frame is invisible
