@@ -160,6 +160,7 @@ CONSTRAINTS = {
     "tv_tol": _real(0.0, lo_open=True),
     "certificate_effort": _one_of("low", "normal", "high"),
     "grow_margin": _real(0.0),
+    "grow_min_rho": _real(0.0),
     "tau": _real(0.0, lo_open=True, optional=True),
     "fps": _real(0.0, lo_open=True, optional=True),
     "rise": _real(0.0, lo_open=True, optional=True),
@@ -205,8 +206,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
               nonnegative=True, operator="decay", tau=None, fps=None, rise=None,
               n_background=5, rank=None, init=None, connectivity=8, max_iter=500, tol=1e-6,
               certify=True, grow_rank=True, max_grow=10, seed=0, callback=None,
-              background=None, certificate_tol=1e-3, tv_tol=1e-3, certificate_effort="low",
-              grow_margin=0.05):
+              background=None, certificate_tol=1e-3, tv_tol=1e-2, certificate_effort="low",
+              grow_margin=0.05, grow_min_rho=0.0):
     """Factor a movie block as ``Y ~ D A Z^T + F B^T`` with structured column norms.
 
     Parameters
@@ -268,6 +269,9 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     grow_margin : float
         Grow only when the improving atom's rho exceeds ``lam * (1 + grow_margin)``: at an
         inexactly converged stationary point the active atoms themselves sit at rho ~ lam.
+    grow_min_rho : float
+        Grow only when the atom's rho also exceeds this (e.g. the polar of pure noise, so that
+        a lam below the noise level never grows noise atoms).
     seed : int
         Seed of the random start and of the certificate's randomized search.
     callback : callable or None
@@ -298,7 +302,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                   rank=rank, init=init, connectivity=connectivity, max_iter=max_iter, tol=tol,
                   certify=certify, grow_rank=grow_rank, max_grow=max_grow, seed=seed,
                   callback=callback, background=background, certificate_tol=certificate_tol,
-                  tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin)
+                  tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin,
+                  grow_min_rho=grow_min_rho)
     _validate(params)
     Y = _as_data(Y)
     T, P = Y.shape
@@ -380,7 +385,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
             atom = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                   spatial=spatial_norm, background=bg, effort=certificate_effort,
                                   seed=int(seed) + n_grow)
-            if atom is None or not atom.rho > lam * (1.0 + grow_margin):
+            if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
                 break
             try:
                 A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)

@@ -181,21 +181,17 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     tiles = plan_tiles(H, W, tile_size, overlap)
 
     t0 = time.perf_counter()
-    rho_noise = None
-    if settings.lam is not None:
-        lam = float(settings.lam)
-    else:
-        from .lam import DEFAULT_FACTOR, noise_polar
-        from .model.temporal import DecayOperator
-        from .prox.composite import CompositeNorm
-        from .tile import background_dictionary
+    from .lam import DEFAULT_FACTOR, noise_polar
+    from .model.temporal import DecayOperator
+    from .prox.composite import CompositeNorm
+    from .tile import background_dictionary
 
-        op = DecayOperator.from_tau(T, tau, fps, rise=rise)
-        F = background_dictionary(T, settings.n_background, neuropil)
-        rho_noise = noise_polar(T, tiles[0].shape, op, F, CompositeNorm(*settings.temporal),
-                                CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
-                                              connectivity=settings.connectivity), seed=settings.seed)
-        lam = settings.lam_scale * DEFAULT_FACTOR * rho_noise
+    op = DecayOperator.from_tau(T, tau, fps, rise=rise)
+    F = background_dictionary(T, settings.n_background, neuropil)
+    rho_noise = noise_polar(T, tiles[0].shape, op, F, CompositeNorm(*settings.temporal),
+                            CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
+                                          connectivity=settings.connectivity), seed=settings.seed)
+    lam = float(settings.lam) if settings.lam is not None else settings.lam_scale * DEFAULT_FACTOR * rho_noise
     timings["lambda"] = time.perf_counter() - t0
     area = np.pi * diameter ** 2 / 4.0
     ctx = TileContext(
@@ -206,7 +202,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         certify=settings.certify, grow_rank=settings.grow_rank, max_grow=settings.max_grow,
         certificate_tol=settings.certificate_tol, mask_threshold=settings.mask_threshold,
         min_area=settings.min_area_fraction * area, max_area=settings.max_area_fraction * area,
-        seed=settings.seed)
+        seed=settings.seed, rho_noise=rho_noise)
     workers = settings.workers or min(os.cpu_count() or 1, len(tiles))
     log.info("%d x %d x %d frames at %.3g Hz; cell diameter %.1f px; tau %.3g s (%s); lambda %.3g; "
              "%d tiles of %d px (overlap %d); %d seeds; %d worker(s)", T, H, W, fps, diameter, tau,

@@ -43,6 +43,7 @@ class TileContext:
     min_area: float
     max_area: float
     seed: int = 0
+    rho_noise: float = 0.0     # polar of white noise for this tile size: the significance threshold
 
 
 @dataclass
@@ -133,10 +134,12 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
         Yn, (h, w), lam=ctx.lam, spatial=ctx.spatial, temporal=ctx.temporal, nonnegative=True,
         operator=op, background=F, init=(A0, Z0), connectivity=ctx.connectivity,
         max_iter=ctx.max_iter, tol=ctx.tol, certify=ctx.certify, grow_rank=ctx.grow_rank,
-        max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed)
+        max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed,
+        grow_min_rho=ctx.rho_noise)
     t_fact = time.perf_counter() - t0 - t_read
 
-    comps = _components(tile, fact, op, sigma, mu, ctx)
+    rho = atom_projections(Yn, op, F, fact.A, fact.Z, (h, w), ctx)
+    comps = _components(tile, fact, op, sigma, mu, ctx, rho)
     cert = fact.certificate.to_dict() if getattr(fact, "certificate", None) is not None else None
     info = {"tile": tile.index, "window": [tile.y0, tile.y1, tile.x0, tile.x1], "seeds": int(len(local)),
             "rank": int(fact.A.shape[1]), "kept": len(comps), "n_iter": int(fact.n_iter),
@@ -168,7 +171,34 @@ def _rescale(Yn, op, F, A, Z):
     return A[:, keep], Z[:, keep]
 
 
-def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext) -> list[Component]:
+def atom_projections(Yn, op, F, A, Z, image_shape, ctx: TileContext) -> np.ndarray:
+    """For each column i, the data's projection on its unit atom, the other columns removed.
+
+    ρ_i = φᵢᵀ Dᵀ (I − F Fᵀ)(Y − Σ_{j≠i} D a_j z_jᵀ) ψᵢ with φᵢ = a_i/‖a_i‖_A, ψᵢ = z_i/‖z_i‖_Z.
+    White noise projects at most ρ_noise on any atom (the polar of noise), so a component with
+    ρ_i ≤ ρ_noise cannot be told from noise and is not reported.
+    """
+    from .prox.composite import CompositeNorm
+
+    A = np.asarray(A, dtype=np.float64)
+    Z = np.asarray(Z, dtype=np.float64)
+    if A.shape[1] == 0:
+        return np.zeros(0)
+    na = CompositeNorm(*ctx.temporal, nonnegative=True).value(A)
+    nz = CompositeNorm(*ctx.spatial, nonnegative=True, image_shape=image_shape,
+                       connectivity=ctx.connectivity).value(Z)
+    DPhi = op.apply(A / np.where(na > 0, na, 1.0))
+    if F.shape[1]:
+        DPhi = DPhi - F @ (F.T @ DPhi)
+    DA = op.apply(A)
+    YZ = (Yn @ Z.astype(Yn.dtype)).astype(np.float64)     # (T, r)
+    ZtZ = Z.T @ Z
+    # (Y - D A Z^T + D a_i z_i^T) z_i  =  Y z_i - D A (Z^T z_i) + D a_i (z_i^T z_i)
+    M = YZ - DA @ ZtZ + DA * np.diag(ZtZ)
+    return np.einsum("ti,ti->i", DPhi, M) / np.where(nz > 0, nz, 1.0)
+
+
+def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> list[Component]:
     h, w = tile.shape
     H, W = ctx.noise.shape
     A = np.asarray(fact.A, dtype=np.float64)
@@ -190,6 +220,8 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext) -> list[Compo
     for i in range(A.shape[1]):
         z = Z[:, i]
         if not np.any(z > 0) or not np.any(A[:, i] > 0):
+            continue
+        if rho is not None and rho[i] <= ctx.rho_noise:
             continue
         img = z.reshape(h, w)
         mask = img >= ctx.mask_threshold * img.max()
