@@ -51,3 +51,54 @@ def test_run_measured_reports_exit_code_time_and_memory(tmp_path):
     assert res["wall_s"] >= 0.4
     assert res["peak_rss_mb"] > 60  # the 60 MB buffer is resident while it sleeps
     assert res["tail"] == "bye"
+
+
+# ---- calseg.deconvolve pieces changed alongside the spikefinder evaluation
+
+def test_step_constant_bounds_the_operator_norm():
+    from calseg.deconvolve import _step_constant, lipschitz_bound
+    from calseg.model.temporal import DecayOperator
+
+    for T in (50, 300, 1500):
+        for g, r in ((0.0, None), (0.5, None), (0.9, 0.3), (0.99, None), (0.995, 0.8)):
+            op = DecayOperator(T, g, rise_gamma=r)
+            ref = op.norm_sq  # tight Lanczos value
+            assert lipschitz_bound(op) >= ref * (1 - 1e-9), (T, g, r)
+            L = _step_constant(op)
+            assert ref * (1 - 1e-9) <= L <= 1.02 * ref + 1e-9 or L == lipschitz_bound(op), (T, g, r, L, ref)
+
+
+def test_rate_output_is_the_smoothed_spike_train():
+    import numpy as np
+    from scipy.ndimage import gaussian_filter1d
+
+    from calseg.deconvolve import deconvolve
+    from calseg.errors import ConfigError
+
+    rng = np.random.default_rng(5)
+    T, fps = 1500, 30.0
+    s = (rng.random(T) < 0.03) * 1.0
+    y = np.convolve(s, np.exp(-np.arange(90) / (fps * 0.8)))[:T] + 0.1 * rng.standard_normal(T)
+    sparse, _ = deconvolve(y[:, None], fps, tau=0.8)
+    rate, _ = deconvolve(y[:, None], fps, tau=0.8, smooth=0.1)
+    np.testing.assert_allclose(rate[:, 0], gaussian_filter1d(sparse[:, 0], 3.0, mode="constant"), atol=1e-12)
+    inner = slice(30, T - 30)
+    assert abs(rate[inner].sum() - sparse[inner].sum()) < 0.05 * sparse.sum()
+    with pytest.raises(ConfigError, match="smooth"):
+        deconvolve(y[:, None], fps, smooth=-1.0)
+    with pytest.raises(ConfigError, match="n_background"):
+        deconvolve(y[:, None], fps, n_background="many")
+
+
+def test_background_atoms_grow_with_the_recording_length():
+    from calseg.deconvolve import background_atoms, deconvolve
+
+    assert background_atoms(600, 30.0) == 3  # 20 s: constant + one slow pair
+    assert background_atoms(100 * 60 * 10, 100.0) == 1 + 2 * 30  # 10 min at 100 Hz, 20 s periods
+    from calseg.model.background import fourier_background
+
+    k = background_atoms(8, 1000.0, period_s=1e-3)  # capped below the Nyquist limit of 8 frames
+    assert k == 5 and fourier_background(8, k).shape == (8, 5)
+    import numpy as np
+    _, info = deconvolve(np.random.default_rng(0).standard_normal((3000, 1)), 10.0, tau=1.0)
+    assert info[0]["n_background"] == background_atoms(3000, 10.0) == 31
