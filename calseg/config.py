@@ -84,7 +84,7 @@ class Settings:
     tol: float = 1e-4
     certify: bool = True
     grow_rank: bool = True
-    max_grow: int = 5
+    max_grow: int = 3
     certificate_tol: float = 1e-3
     mask_threshold: float = 0.2
     min_area_fraction: float = 0.15
