@@ -530,10 +530,12 @@ def certify_cmd(ctx, result_dir, movie, channel, plane, as_json):
 @click.option("--tau", type=float, default=None, help="Decay time (s); default: indicator, else estimated per trace.")
 @click.option("--rise", type=float, default=None, help="Rise time (s).")
 @click.option("--indicator", type=str, default=None, help="Indicator preset setting tau/rise.")
-@click.option("--lam", type=float, default=None, help="λ in noise SDs (default 0.6).")
+@click.option("--lam", type=float, default=None, help="λ in noise SDs (larger: sparser spikes; default 1).")
+@click.option("--smooth", type=float, default=None, metavar="SECONDS",
+              help="Report a spike rate smoothed by a Gaussian of this SD instead of sparse spikes.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
 @click.pass_context
-def deconvolve_cmd(ctx, traces, out, fps, tau, rise, indicator, lam, force):
+def deconvolve_cmd(ctx, traces, out, fps, tau, rise, indicator, lam, smooth, force):
     """Infer spikes from TRACES.csv (one column per neuron) with calseg's temporal model.
 
     A first column named 'frame' and a 'time_s' column, as calseg writes them, are kept as they are.
@@ -555,7 +557,7 @@ def deconvolve_cmd(ctx, traces, out, fps, tau, rise, indicator, lam, force):
         raise OutputError(f"{out}: exists (use --force to overwrite)")
     table = read_csv_table(traces)
     spikes, _ = deconvolve(table.values, fps, tau=tau, rise=rise,
-                           lam=DEFAULT_DECONV_LAM if lam is None else lam)
+                           lam=DEFAULT_DECONV_LAM if lam is None else lam, smooth=smooth)
     write_csv_table(out, table.with_values(spikes))
     if not ctx.obj.get("quiet"):
         click.echo(f"{spikes.shape[1]} traces deconvolved -> {out}")
