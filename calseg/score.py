@@ -498,6 +498,11 @@ def score(truth, pred, *, threshold: float = 5.0, iou_threshold: float = 0.5,
             continue
         t_name = str(t_src) if isinstance(t_src, (str, Path)) else f"truth {kind}"
         p_name = str(p_src) if isinstance(p_src, (str, Path)) else f"pred {kind}"
+        if not pairs:  # nothing matched (e.g. an empty prediction, whose tables have no columns)
+            result[kind] = {"bin": int(bin_frames), "n_neurons": 0, "mean": float("nan"),
+                            "median": float("nan"), "n_undefined": 0, "per_neuron": [],
+                            "truth_source": t_name, "pred_source": p_name}
+            continue
         result[kind] = correlation_metrics(_as_table(t_src, t_regions, t_name),
                                            _as_table(p_src, p_regions, p_name),
                                            t_ids, p_ids, bin_frames=int(bin_frames),

@@ -449,3 +449,21 @@ def test_format_table_mentions_correlations():
     r = score(reg, reg, truth_traces=x, pred_traces=x ** 2)
     text = format_table(r)
     assert "Traces correlation" in text and "mean r" in text and "Spikes" not in text
+
+
+def test_empty_run_folder_scores_zero_without_reading_its_empty_tables(tmp_path):
+    """A calseg run that found nothing writes tables with only frame,time_s: still scorable."""
+    import json as _json
+
+    from calseg.score import score as _score
+
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    (truth / "regions.json").write_text(_json.dumps([{"id": 1, "coordinates": [[1, 1], [1, 2]]}]))
+    (truth / "spikes.csv").write_text("frame,time_s,1\n0,0.0,1\n1,0.1,0\n2,0.2,0\n")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    (pred / "regions.json").write_text("[]")
+    (pred / "spikes.csv").write_text("frame,time_s\n0,0.0\n1,0.1\n2,0.2\n")
+    out = _score(truth, pred)
+    assert out["neurofinder"]["recall"] == 0 and out["spikes"]["n_neurons"] == 0
