@@ -40,7 +40,7 @@ def recertify(result_dir, movie, *, rtol: float = 1e-2, progress=None) -> dict:
     """
     from .certify.gap import certify
     from .prox.composite import CompositeNorm
-    from .tile import TileContext, background_dictionary, read_tile
+    from .tile import background_dictionary, read_tile
     from .model.temporal import DecayOperator
 
     result_dir = Path(result_dir)

@@ -558,7 +558,7 @@ def write_report(result_dir, out_dir=None, *, dpi: int = 100) -> tuple:
     Raises
     ------
     ConfigError
-        matplotlib is not installed (``pip install 'calseg[report]'``).
+        matplotlib is not installed (a calseg dependency: ``pip install matplotlib``).
     InputError
         The folder lacks a file the report needs (``masks.tif``, ``neurons.csv``, ``traces.csv``,
         ``spikes.csv``) or one is malformed. ``mean.tif``, ``correlation.tif``,
@@ -567,7 +567,7 @@ def write_report(result_dir, out_dir=None, *, dpi: int = 100) -> tuple:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ConfigError("the report needs matplotlib: pip install 'calseg[report]'") from None
+        raise ConfigError("the report needs matplotlib (a calseg dependency): pip install matplotlib") from None
     if not isinstance(dpi, (int, np.integer)) or isinstance(dpi, bool) or not 20 <= dpi <= 600:
         raise ConfigError(f"parameter 'dpi' = {dpi!r} must be an integer from 20 to 600")
     from .export.folder import ResultDir, atomic_path

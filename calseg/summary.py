@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 _MAD_TO_SD = 1.0 / (0.6745 * np.sqrt(2.0))
 

@@ -417,7 +417,7 @@ def test_write_extras_is_what_every_result_gets(result, tmp_path, monkeypatch, c
     with caplog.at_level("WARNING", logger="calseg"):
         written = write_extras(res2, "suite2p")
     assert set(written) == {"suite2p"}
-    assert "pip install 'calseg[report]'" in caplog.text and "pip install 'calseg[rois]'" in caplog.text
+    assert "pip install matplotlib" in caplog.text and "pip install roifile" in caplog.text
     assert not (res2 / "summary.png").exists() and not (res2 / "rois.zip").exists()
 
 

@@ -188,7 +188,7 @@ def write_imagej_rois(result_dir, path=None) -> Path:
     try:
         import roifile
     except ImportError:
-        raise ConfigError("ImageJ ROI export needs roifile: pip install 'calseg[rois]'") from None
+        raise ConfigError("ImageJ ROI export needs roifile (a calseg dependency): pip install roifile") from None
     from .folder import ResultDir, atomic_path
 
     rd = ResultDir(result_dir)
