@@ -108,8 +108,55 @@ def test_batches_and_tiles_equal_imread(tmp_path, rng, layout, mode):
     np.testing.assert_array_equal(m[1:4, 2:5, 6:9], ref[1:4, 2:5, 6:9])
     np.testing.assert_array_equal(m[7, 2, 3:5], ref[7, 2, 3:5])
     assert m.read(5, 5).shape == (0, 20, 24)
+    # stepped and reversed windows, empty windows, a conversion of full frames
+    np.testing.assert_array_equal(m[2:9, 17:2:-3, ::-2], ref[2:9, 17:2:-3, ::-2])
+    np.testing.assert_array_equal(m[:, 1:19:4, 3], ref[:, 1:19:4, 3])
+    assert m[:, 5:5].shape == (23, 0, 24)
+    np.testing.assert_array_equal(m.read(dtype=np.float64), ref.astype(np.float64))
     with pytest.raises(ConfigError):
         list(m.iter_batches(0))
+
+
+_RSS_SCRIPT = """
+import resource, sys
+import numpy as np
+from calseg.io.tiff import read_movie
+m = read_movie(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+n = 0
+for y in range(0, m.height, 64):
+    for x in range(0, m.width, 64):
+        n += int(m.read(rows=slice(y, y + 64), cols=slice(x, x + 64), dtype=np.float32)[-1, 0, 0])
+for _, b in m.iter_batches(64):
+    n += int(b[0, 0, 0])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(m._sources[0].mode, (after - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("pagewise", [False, True])
+def test_tile_reads_keep_memory_to_the_tile(tmp_path, pagewise):
+    """Reading every tile of a 200 MB recording raises the peak RSS by about one tile (the
+    float32 result, 16 MB), never by the file's size (a memory map would make it resident)."""
+    T, H, W = 1600, 256, 256
+    path = tmp_path / "long.tif"
+
+    def frames():
+        for t in range(T):
+            yield np.full((H, W), t % 65535, np.uint16)
+
+    if pagewise:
+        with tifffile.TiffWriter(path) as w:
+            for f in frames():
+                w.write(f, contiguous=False, metadata=None)
+    else:
+        tifffile.imwrite(path, frames(), shape=(T, H, W), dtype=np.uint16)
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[0] == ("offsets" if pagewise else "memmap")
+    tile = T * 64 * 64 * 4
+    grew = int(out[1])
+    assert grew < 2 * tile + 16 * 2 ** 20, (grew / 2 ** 20, path.stat().st_size / 2 ** 20)
 
 
 def test_pickle_reopens_lazily(tmp_path, rng):

@@ -3,8 +3,9 @@
 :func:`read_movie` opens one TIFF (multi-page, BigTIFF, ImageJ hyperstack including the > 4 GB
 "virtual" layout, OME-TIFF, ScanImage), a folder of single-frame TIFFs (Neurofinder layout), or a
 list / glob of files, and returns a :class:`Movie`: a handle of shape ``(T, H, W)`` that holds no
-pixel data. Frames are read on demand, through a memory map when the data are stored
-uncompressed and contiguously, else page by page through tifffile. Stored values are returned
+pixel data. Frames are read on demand: uncompressed data by positional reads of just the
+rows a request needs (no memory map, so reading a long recording tile by tile never makes the
+file resident in the process), compressed data page by page through tifffile. Stored values are returned
 exactly (no rescaling, no halving of uint16 into int16).
 
 :func:`estimate_run_memory` gives the memory model used by ``calseg info`` and by the pipeline.
@@ -66,9 +67,10 @@ class _Source:
     """How the frames of one file map to stored pages (plain data: pickles without handles).
 
     ``pages`` maps frame ``t`` of this file to a page index: ``base + t * step`` when ``index``
-    is None, else ``index[t]``. In ``memmap`` mode the page index addresses a ``(n_pages, H, W)``
-    memory map starting at ``offset``; in ``offsets`` mode (uncompressed pages separated by
-    IFDs) page ``i`` is the ``(H, W)`` block at byte ``offsets[i]`` of a memory-mapped file; in
+    is None, else ``index[t]``. In ``memmap`` mode (the layout a memory map could address) page
+    ``i`` is the ``(H, W)`` block at byte ``offset + i * H * W * itemsize``; in ``offsets`` mode
+    (uncompressed pages separated by IFDs) it is the block at byte ``offsets[i]``; both are read
+    with positional reads of the rows asked for; in
     ``pages`` mode it indexes the pages of tifffile series ``series`` (or the file's page list
     when ``series`` is None) and tifffile decodes them.
     """
@@ -794,9 +796,12 @@ class Movie:
     """Lazy handle on a recording of shape ``(T, H, W)`` (frames, rows, cols).
 
     Holds no pixel data: :meth:`read`, :meth:`iter_batches` and indexing read frames on demand
-    (through a memory map for uncompressed contiguous data, else page by page) and return the
-    stored values exactly unless ``dtype`` asks for a conversion. Picklable: pickling keeps the
-    file layout, not data; the files are reopened on first use (and must not have changed).
+    (uncompressed data by positional reads of only the rows asked for, frame by frame; compressed
+    data page by page) and return the stored values exactly unless ``dtype`` asks for a
+    conversion. Memory is the returned array plus at most a few MB of read buffer, whatever the
+    file's size: no memory map keeps file pages resident. Picklable: pickling keeps the file
+    layout (paths, offsets), never data; the files are reopened on first use (and must not have
+    changed).
     Create with :func:`read_movie`.
     """
 
@@ -903,11 +908,11 @@ class Movie:
             raise InputError(f"{s.path}: no longer readable (moved or deleted?)") from None
         if st.st_size != s.file_size or st.st_mtime_ns != s.mtime_ns:
             raise InputError(f"{s.path}: changed on disk since it was opened")
-        if s.mode == "memmap":
-            h = np.memmap(s.path, dtype=np.dtype(s.file_dtype), mode="r", offset=s.offset,
-                          shape=(s.n_pages, s.height, s.width))
-        elif s.mode == "offsets":
-            h = np.memmap(s.path, dtype=np.uint8, mode="r")
+        if s.mode in ("memmap", "offsets"):
+            try:
+                h = _RawFile(s.path)
+            except OSError as exc:
+                raise InputError(f"{s.path}: cannot open ({_one_line(exc)})") from None
         else:
             h = _open_tifffile(Path(s.path))
         self._handles[i] = h
@@ -980,34 +985,14 @@ class Movie:
 
     def _read_source(self, i, local, rs, cs, out):
         s = self._sources[i]
-        if s.mode == "pages":
-            with self._lock:  # a tifffile handle must not be evicted while it decodes
-                self._read_pages(s, self._handle_locked(i), _pages_of(s, local), local, rs, cs,
-                                 out)
-            return
-        h = self._handle(i)  # memory maps stay valid while referenced, even once evicted
-        contiguous = len(local) == 1 or bool(np.all(np.diff(local) == 1))
-        if s.mode == "memmap":
-            if contiguous:
-                pages = s.page_indices(int(local[0]), int(local[-1]) + 1)
+        # the lock keeps a handle from being evicted (closed) while it is read
+        with self._lock:
+            h = self._handle_locked(i)
+            pages = _pages_of(s, local)
+            if s.mode == "pages":
+                self._read_pages(s, h, pages, local, rs, cs, out)
             else:
-                pages = _pages_of(s, local)
-            try:
-                out[...] = h[pages, rs, cs]
-            except OSError as exc:
-                raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
-            return
-        pages = _pages_of(s, local)
-        if s.mode == "offsets":
-            dt = np.dtype(s.file_dtype)
-            try:
-                for k, p in enumerate(pages):
-                    frame = np.ndarray((s.height, s.width), dtype=dt, buffer=h,
-                                       offset=int(s.offsets[p]))
-                    out[k] = frame[rs, cs]
-            except (OSError, TypeError, ValueError) as exc:
-                raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
-            return
+                _read_raw(s, h, pages, rs, cs, out)
 
     def _read_pages(self, s, h, pages, local, rs, cs, out):
         chunk = max(1, int(2 ** 27 // max(1, s.height * s.width * np.dtype(s.dtype).itemsize)))
@@ -1022,7 +1007,7 @@ class Movie:
                 raise InputError(f"{s.path}: corrupt image data near frame "
                                  f"{int(local[k])} ({_one_line(exc)})") from None
             data = data.reshape(len(key), s.height, s.width)
-            out[k:k + len(key)] = data[:, rs, cs]
+            out[k:k + len(key)] = data[:, _ix(rs), _ix(cs)]
 
     # ---- checks
     def check_finite(self, batch_size=256) -> None:
@@ -1057,15 +1042,102 @@ def _pages_of(s: _Source, local: np.ndarray) -> np.ndarray:
     return s.index[local]
 
 
+def _ix(sl: slice) -> slice:
+    """A normalised slice (``slice.indices`` form) usable as an array index: a reversed slice
+    running to the first element has stop -1, which numpy would read as the last element."""
+    return slice(sl.start, None if sl.stop < 0 else sl.stop, sl.step)
+
+
 def _close_handle(h):
-    if isinstance(h, np.memmap):
-        mm = getattr(h, "_mmap", None)
-        if mm is not None:
-            with contextlib.suppress(BufferError, ValueError):
-                mm.close()
+    with contextlib.suppress(Exception):
+        h.close()
+
+
+#: largest read buffer (bytes) of one positional read
+_READ_CHUNK = 8 * 2 ** 20
+
+
+class _RawFile:
+    """A read-only file descriptor with positional reads (``os.pread``; seek + read elsewhere).
+
+    Not a memory map on purpose: the pages a memory map touches count in the process's resident
+    set until it is unmapped, so one pass over a 10 GB recording would show a 10 GB peak RSS.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+    def readinto(self, buf, offset: int) -> None:
+        """Fill ``buf`` (a writable, C-contiguous buffer) with the bytes at ``offset``."""
+        view = memoryview(buf).cast("B")
+        done = 0
+        while done < len(view):
+            if hasattr(os, "preadv"):
+                n = os.preadv(self.fd, [view[done:]], offset + done)
+            else:  # pragma: no cover - Windows
+                os.lseek(self.fd, offset + done, os.SEEK_SET)
+                data = os.read(self.fd, len(view) - done)
+                n = len(data)
+                view[done:done + n] = data
+            if n <= 0:
+                raise InputError(f"{self.path}: read failed (the file ends at byte "
+                                 f"{offset + done}, inside the image data; truncated?)")
+            done += n
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _read_raw(s: _Source, f: _RawFile, pages, rs: slice, cs: slice, out: np.ndarray) -> None:
+    """Copy rows ``rs`` x cols ``cs`` of uncompressed ``pages`` of ``s`` into ``out``.
+
+    Reads, per frame, only the band of whole rows from the first to the last row asked for;
+    runs of consecutive full frames stored back to back are read in one call, straight into
+    ``out`` when no conversion is needed.
+    """
+    dt = np.dtype(s.file_dtype)
+    row_bytes = s.width * dt.itemsize
+    frame_bytes = s.height * row_bytes
+    pages = np.asarray(pages, dtype=np.int64)
+    if s.mode == "memmap":
+        starts = s.offset + pages * frame_bytes
     else:
-        with contextlib.suppress(Exception):
-            h.close()
+        starts = np.asarray(s.offsets, dtype=np.int64)[pages]
+    rows = range(rs.start, rs.stop, rs.step)
+    if out.size == 0:
+        return
+    lo, hi = min(rows[0], rows[-1]), max(rows[0], rows[-1])
+    band_rows = hi - lo + 1
+    sel = slice(rows[0] - lo, None if rs.stop - lo < 0 else rs.stop - lo, rs.step)
+    full = band_rows == s.height and rs.step == 1 and cs == slice(0, s.width, 1)
+    direct = full and out.dtype == dt and out.flags.c_contiguous
+    try:
+        if full:
+            # runs of frames stored back to back: one read per run (chunked)
+            per = max(1, _READ_CHUNK // frame_bytes)
+            k = 0
+            while k < len(pages):
+                e = k + 1
+                while e < len(pages) and e - k < per and starts[e] == starts[e - 1] + frame_bytes:
+                    e += 1
+                if direct:
+                    f.readinto(out[k:e], int(starts[k]))
+                else:
+                    buf = np.empty((e - k, s.height, s.width), dtype=dt)
+                    f.readinto(buf, int(starts[k]))
+                    out[k:e] = buf
+                k = e
+            return
+        buf = np.empty((band_rows, s.width), dtype=dt)
+        first = lo * row_bytes
+        for k in range(len(pages)):
+            f.readinto(buf, int(starts[k]) + first)
+            out[k] = buf[sel, _ix(cs)]
+    except OSError as exc:
+        raise InputError(f"{s.path}: read failed ({_one_line(exc)})") from None
 
 
 def value_range(movie: Movie, *, batch_size=256) -> tuple[float, float]:
