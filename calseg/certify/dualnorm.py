@@ -397,7 +397,45 @@ def _box(scale, dt):
     return np.where(sc.astype(np.float64) > scale, np.nextafter(sc, dt.type(0)), sc).astype(dt)
 
 
-def _tv_dual_fista(V3, p, scale, n_iter, conn):
+def _tv_dual_fista(V3, p, scale, n_iter, conn, *, parallel=None):
+    """``n_iter`` FISTA steps (per-column adaptive restart) on the dual of the TV prox,
+
+        min_{|p_e| <= scale_j} 1/2 ||v_j - G^T p_j||^2,       step 1 / ||G||^2,
+
+    for images ``V3`` (H, W, m) (float32 or float64). ``p`` is a list of edge arrays of V3's
+    dtype in :func:`_grad` order (the start; not modified). Returns new arrays strictly inside
+    the box (``|p| <= scale`` exactly, see :func:`_box`), so ``p / scale`` is a feasible TV dual
+    whatever the number of steps.
+
+    Numba kernel (``calseg.prox._dual_kernels``): each column runs all its steps in
+    cache-resident buffers, columns in parallel; same iterates as
+    :func:`_tv_dual_fista_numpy` up to rounding. ``parallel`` (None: automatic) picks the
+    threaded kernel.
+    """
+    from calseg.prox import _dual_kernels
+
+    dt = np.dtype(V3.dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"V3 must be float32 or float64, got {dt}")
+    V3 = np.ascontiguousarray(V3)
+    H, W, m = V3.shape
+    sc = np.ascontiguousarray(np.broadcast_to(_box(scale, dt), (m,)))
+    pin = tuple(np.ascontiguousarray(pi, dtype=dt) for pi in p)
+    pout = tuple(np.empty_like(pi) for pi in pin)
+    L_inv = dt.type(1.0 / (16.0 if conn == 8 else 8.0))       # ||G||^2 <= 2 * max degree
+    if parallel is None:
+        parallel = m > 1 and H * W * m * max(int(n_iter), 1) >= _DUAL_PARALLEL_MIN
+    kern = _dual_kernels.tv_dual_fista_columns if parallel else \
+        _dual_kernels.tv_dual_fista_columns_serial
+    kern(V3, pin, pout, sc, int(n_iter), L_inv)
+    return list(pout)
+
+
+_DUAL_PARALLEL_MIN = 1 << 17
+"""Below this many pixel-column-steps (H * W * m * n_iter) the dual FISTA kernel runs serially."""
+
+
+def _tv_dual_fista_numpy(V3, p, scale, n_iter, conn):
     """``n_iter`` FISTA steps (per-column adaptive restart) on the dual of the TV prox,
 
         min_{|p_e| <= scale_j} 1/2 ||v_j - G^T p_j||^2,       step 1 / ||G||^2,
@@ -406,6 +444,8 @@ def _tv_dual_fista(V3, p, scale, n_iter, conn):
     a list of edge arrays of V3's dtype (the start); returned strictly inside the box
     (``|p| <= scale`` exactly, see :func:`_box`), so ``p / scale`` is a feasible TV dual
     whatever the number of steps.
+
+    Pure numpy; the reference (twin) of the numba kernel behind :func:`_tv_dual_fista`.
     """
     dt = V3.dtype
     L_inv = dt.type(1.0 / (16.0 if conn == 8 else 8.0))       # ||G||^2 <= 2 * max degree
