@@ -1,13 +1,14 @@
 """One streaming pass over a recording: the summary images and signals the pipeline starts from.
 
-Computed in frame batches (memory = a few batches of frames, whatever the recording's length):
+Computed in frame batches (memory = a few batches of frames, whatever the recording's length), each
+batch by one numba kernel (:func:`calseg._summary_kernels.batch_stats`):
 
 * ``mean`` image and per-pixel ``noise`` SD (robust: median absolute frame-to-frame difference,
   median over batches, divided by 0.6745·√2 — the signal's slow calcium transients barely move it);
 * ``correlation`` image: each pixel's mean correlation with its 8 neighbours, on data high-passed
   by removing each batch's per-pixel mean (cells light up; neuropil and noise do not);
-* ``peak`` image: the maximum over time of the temporally smoothed, baseline-subtracted data in
-  noise units (cells that fire rarely still show);
+* ``peak`` image: the maximum over time of the temporally smoothed data minus the median of its
+  frame batch, in noise units (cells that fire rarely still show; slow drifts do not);
 * ``coarse``: block means of every frame on a grid of ``block`` pixels — the neuropil's time
   courses come from its leading singular vectors.
 """
@@ -44,30 +45,13 @@ def _neighbour_shifts():
 _HALF_SHIFTS = [(0, 1), (1, -1), (1, 0), (1, 1)]
 
 
-def _shifted_products(X):
-    """Sum over frames of X * X shifted by each of the 8 neighbours (zero outside), (8, H, W).
-
-    Only four products are computed; the other four are the same sums seen from the neighbour.
-    """
-    T, H, W = X.shape
-    out = np.zeros((8, H, W), dtype=np.float64)
-    index = {s: k for k, s in enumerate(_neighbour_shifts())}
-    for dy, dx in _HALF_SHIFTS:
-        ys = slice(max(dy, 0), H + min(dy, 0))
-        yd = slice(max(-dy, 0), H + min(-dy, 0))
-        xs = slice(max(dx, 0), W + min(dx, 0))
-        xd = slice(max(-dx, 0), W + min(-dx, 0))
-        prod = np.einsum("tij,tij->ij", X[:, yd, xd], X[:, ys, xs], dtype=np.float64)
-        out[index[(dy, dx)], yd, xd] = prod
-        out[index[(-dy, -dx)], ys, xs] = prod
-    return out
-
-
-def _median_over_time(X: np.ndarray) -> np.ndarray:
-    """Per-pixel median of a (t, H, W) batch, computed on contiguous pixel rows (fast)."""
+def _block_sums(X, block, nby, nbx):
+    """Sums of (t, H, W) frames over square blocks (the last row/column of blocks may be
+    partial), as (t, nby * nbx) float32, without a padded copy of the batch."""
     t = X.shape[0]
-    rows = np.ascontiguousarray(X.reshape(t, -1).T)
-    return np.median(rows, axis=1).reshape(X.shape[1:])
+    rows = np.add.reduceat(X, np.arange(0, X.shape[1], block), axis=1, dtype=np.float32)
+    out = np.add.reduceat(rows, np.arange(0, X.shape[2], block), axis=2, dtype=np.float32)
+    return out.reshape(t, nby * nbx)
 
 
 def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: int = 3,
@@ -86,35 +70,41 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         Width of the running mean applied before taking the ``peak`` image.
     progress : callable(done_frames, total_frames) or None
     """
+    from ._summary_kernels import batch_stats
+
     T, H, W = movie.shape
     nby, nbx = -(-H // block), -(-W // block)
     s1 = np.zeros((H, W))
     s2 = np.zeros((H, W))
-    cross = np.zeros((8, H, W))
+    half = np.zeros((4, H, W))
     noise_parts = []
-    peak = np.full((H, W), -np.inf, dtype=np.float32)
+    peak_raw = np.full((H, W), -np.inf, dtype=np.float32)
     coarse = np.zeros((T, nby * nbx), dtype=np.float32)
-    pad_y, pad_x = nby * block - H, nbx * block - W
-    counts = np.pad(np.ones((H, W), np.float32), ((0, pad_y), (0, pad_x)))
-    counts = counts.reshape(nby, block, nbx, block).sum(axis=(1, 3)).ravel()
-    batches = []
+    counts = _block_sums(np.ones((1, H, W), np.float32), block, nby, nbx)[0]
+    # per-batch outputs of the kernel
+    b_s1 = np.empty((H, W))
+    b_ss = np.empty((H, W))
+    b_cross = np.empty((4, H, W))
+    b_dmed = np.empty((H, W), np.float32)
+    b_med = np.empty((H, W), np.float32)
+    b_peak = np.empty((H, W), np.float32)
+    k = max(int(smooth_frames), 1)
     done = 0
     for start, X in movie.iter_batches(batch_size, dtype=np.float32):
-        X = np.asarray(X, dtype=np.float32)
+        X = np.ascontiguousarray(X, dtype=np.float32)
         t = X.shape[0]
-        Xp = np.pad(X, ((0, 0), (0, pad_y), (0, pad_x))) if (pad_y or pad_x) else X
-        coarse[start:start + t] = Xp.reshape(t, nby, block, nbx, block).sum(axis=(2, 4)).reshape(t, -1) / counts
+        coarse[start:start + t] = _block_sums(X, block, nby, nbx) / counts
+        batch_stats(X, k, b_s1, b_ss, b_cross, b_dmed, b_med, b_peak)
         if t >= 2:
-            noise_parts.append((_median_over_time(np.abs(np.diff(X, axis=0))) * _MAD_TO_SD, t))
-        mu = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-        s1 += mu * t
-        Xc = X - mu
-        s2 += np.einsum("tij,tij->ij", Xc, Xc, dtype=np.float64)
-        cross += _shifted_products(Xc)
-        batches.append((start, t, _median_over_time(X)))
+            noise_parts.append((b_dmed * _MAD_TO_SD, t))
+        s1 += b_s1
+        s2 += b_ss
+        half += b_cross
+        # the peak is measured against each batch's own median (slow drifts do not count)
+        np.maximum(peak_raw, b_peak, out=peak_raw)
         done += t
         if progress is not None:
-            progress(done, 2 * T)
+            progress(done, T)
     if done == 0:
         raise ValueError("movie has no frames")
     mean = (s1 / done).astype(np.float32)
@@ -128,37 +118,32 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
     floor = max(float(np.median(noise)) * 1e-3, 1e-6)
     noise = np.maximum(noise, floor)
 
-    # local correlation from the high-passed second moments
+    # local correlation from the high-passed second moments; the kernel gives the products
+    # with the four "forward" neighbours, the other four are the same sums seen from the neighbour
+    cross = np.zeros((8, H, W))
+    index = {s: j for j, s in enumerate(_neighbour_shifts())}
+    for h, (dy, dx) in enumerate(_HALF_SHIFTS):
+        ys = slice(max(dy, 0), H + min(dy, 0))
+        yd = slice(max(-dy, 0), H + min(-dy, 0))
+        xs = slice(max(dx, 0), W + min(dx, 0))
+        xd = slice(max(-dx, 0), W + min(-dx, 0))
+        cross[index[(dy, dx)], yd, xd] = half[h, yd, xd]
+        cross[index[(-dy, -dx)], ys, xs] = half[h, yd, xd]
     sd = np.sqrt(np.maximum(s2, 0))
     corr_sum = np.zeros((H, W))
     n_nb = np.zeros((H, W))
-    for k, (dy, dx) in enumerate(_neighbour_shifts()):
+    for j, (dy, dx) in enumerate(_neighbour_shifts()):
         ys = slice(max(dy, 0), H + min(dy, 0))
         yd = slice(max(-dy, 0), H + min(-dy, 0))
         xs = slice(max(dx, 0), W + min(dx, 0))
         xd = slice(max(-dx, 0), W + min(-dx, 0))
         denom = sd[yd, xd] * sd[ys, xs]
         with np.errstate(invalid="ignore", divide="ignore"):
-            c = np.where(denom > 0, cross[k, yd, xd] / denom, 0.0)
+            c = np.where(denom > 0, cross[j, yd, xd] / denom, 0.0)
         corr_sum[yd, xd] += c
         n_nb[yd, xd] += 1
     correlation = (corr_sum / np.maximum(n_nb, 1)).astype(np.float32)
-
-    # second pass for the peak image needs baselines: reuse per-batch medians (no re-read of data
-    # beyond one more streaming pass, which also keeps memory bounded)
-    k = max(int(smooth_frames), 1)
-    base = np.median(np.stack([b for _, _, b in batches]), axis=0).astype(np.float32)
-    for start, X in movie.iter_batches(batch_size, dtype=np.float32):
-        X = np.asarray(X, np.float32)
-        if X.shape[0] > k:
-            c = np.cumsum(X, axis=0, dtype=np.float32)
-            Xs = (c[k - 1:] - np.concatenate([np.zeros_like(c[:1]), c[:-k]])) / k
-        else:
-            Xs = X.mean(axis=0, keepdims=True)
-        np.maximum(peak, ((Xs - base) / noise).max(axis=0), out=peak)
-        done += X.shape[0]
-        if progress is not None:
-            progress(done, 2 * T)
+    peak = (peak_raw / noise).astype(np.float32)
     return Summary(mean=mean, noise=noise, correlation=correlation, peak=peak, coarse=coarse,
                    block=block, n_frames=T)
 

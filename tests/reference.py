@@ -190,3 +190,31 @@ def composite_prox_reference(y, a, b, c, D, nonneg):
 
 def composite_objective(x, y, a, b, c, D):
     return 0.5 * np.sum((x - y) ** 2) + a * np.linalg.norm(x) + b * np.abs(x).sum() + c * np.abs(D @ x).sum()
+
+
+def batch_stats_twin(X, k):
+    """Numpy twin of ``calseg._summary_kernels.batch_stats`` written with loops over shifts.
+
+    Returns ``(s1, ss, cross, dmed, med, peak)`` with the kernel's meanings.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    t, H, W = X.shape
+    s1 = X.sum(axis=0)
+    Xc = X - X.mean(axis=0)
+    ss = (Xc * Xc).sum(axis=0)
+    cross = np.zeros((4, H, W))
+    for h, (dy, dx) in enumerate([(0, 1), (1, -1), (1, 0), (1, 1)]):
+        for i in range(H):
+            for j in range(W):
+                ii, jj = i + dy, j + dx
+                if 0 <= ii < H and 0 <= jj < W:
+                    cross[h, i, j] = np.dot(Xc[:, i, j], Xc[:, ii, jj])
+    def lower_median(V):
+        return np.sort(V, axis=0)[(V.shape[0] - 1) // 2]
+
+    med = lower_median(X)
+    dmed = lower_median(np.abs(np.diff(X, axis=0))) if t >= 2 else np.zeros((H, W))
+    kk = min(k, t)
+    run = np.stack([X[s:s + kk].mean(axis=0) for s in range(t - kk + 1)])
+    peak = run.max(axis=0) - med
+    return s1, ss, cross, dmed, med, peak

@@ -1,0 +1,43 @@
+"""The summary pass: its numba kernel against a numpy twin, and the summary images' meaning."""
+import numpy as np
+import pytest
+
+from calseg._summary_kernels import batch_stats
+from calseg.motion.array_movie import ArrayMovie
+from calseg.summary import summarize
+from reference import batch_stats_twin
+
+
+@pytest.mark.parametrize("shape,k", [((37, 5, 7), 3), ((2, 3, 4), 3), ((1, 4, 4), 3), ((20, 1, 6), 1)])
+def test_batch_stats_matches_twin(shape, k):
+    rng = np.random.default_rng(3)
+    X = (100 + 10 * rng.standard_normal(shape)).astype(np.float32)
+    t, H, W = shape
+    out = [np.empty((H, W)), np.empty((H, W)), np.empty((4, H, W)), np.empty((H, W), np.float32),
+           np.empty((H, W), np.float32), np.empty((H, W), np.float32)]
+    batch_stats(X, k, *out)
+    ref = batch_stats_twin(X, k)
+    for got, want in zip(out, ref):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+
+
+def test_summary_finds_a_correlated_cell_and_unit_noise():
+    rng = np.random.default_rng(0)
+    T, H, W = 600, 24, 30
+    Y = 50 + rng.standard_normal((T, H, W)).astype(np.float32) * 2.0
+    trace = np.zeros(T)
+    trace[rng.choice(T, 12, replace=False)] = 20.0
+    trace = np.convolve(trace, np.exp(-np.arange(40) / 10.0))[:T]
+    Y[:, 10:14, 12:16] += trace[:, None, None].astype(np.float32)
+    s = summarize(ArrayMovie(Y, fps=30.0), block=8, batch_size=250)
+    np.testing.assert_allclose(s.mean, Y.mean(axis=0), rtol=1e-5)
+    # noise: robust frame-to-frame SD of the white part (2.0 everywhere off the cell)
+    off = np.ones((H, W), bool)
+    off[9:15, 11:17] = False
+    assert abs(np.median(s.noise[off]) - 2.0) < 0.1
+    # the cell is where the correlation and the peak images are largest
+    iy, ix = np.unravel_index(np.argmax(s.correlation), (H, W))
+    assert 10 <= iy < 14 and 12 <= ix < 16
+    assert s.correlation[off].max() < 0.3 < s.correlation[11, 13]
+    assert s.peak[11, 13] > 5 * np.median(s.peak[off])
+    assert s.coarse.shape == (T, 3 * 4)
