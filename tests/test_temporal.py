@@ -130,3 +130,23 @@ def test_objective_matches_direct(dtype):
     pre0 = precompute(Y, op, None)
     R0 = Y64 - D @ A @ Z.T
     assert smooth_loss(pre0, op, A, Z) == pytest.approx(0.5 * np.sum(R0 ** 2), rel=rtol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rise", [None, 0.05])
+@pytest.mark.parametrize("m", [1, 7, 300])
+def test_filter_kernel_matches_lfilter(dtype, rise, m):
+    """The numba AR filter against scipy.signal.lfilter (its twin), forward and adjoint."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(m)
+    op = DecayOperator.from_tau(53, 0.4, 30.0, rise=rise)
+    X = rng.standard_normal((53, m)).astype(dtype)
+    inv = 1.0 / op.col_norms
+    fwd = lfilter(op._b, op._a, X.astype(np.float64) * inv[:, None], axis=0)
+    adj = lfilter(op._b, op._a, X.astype(np.float64)[::-1], axis=0)[::-1] * inv[:, None]
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    got_f, got_a = op.apply(X), op.adjoint(X)
+    assert got_f.dtype == dtype and got_a.dtype == dtype
+    np.testing.assert_allclose(got_f, fwd, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(got_a, adj, rtol=rtol, atol=rtol)

@@ -4,7 +4,8 @@
 indicator kernel started at frame j (a causal decaying exponential, or a difference of
 exponentials when a rise time is given), truncated at the end of the recording and scaled to
 unit l2 norm. D is lower-triangular Toeplitz up to the column scaling; it is never formed:
-``apply`` and ``adjoint`` are recursive filters (``scipy.signal.lfilter`` along the time axis),
+``apply`` and ``adjoint`` are recursive filters along the time axis (a numba kernel whose twin is
+``scipy.signal.lfilter``),
 O(T) per column.
 
 ``IdentityOperator`` has the same interface with D = I (no deconvolution).
@@ -18,11 +19,6 @@ import numpy as np
 from calseg.errors import ConfigError
 
 __all__ = ["DecayOperator", "IdentityOperator"]
-
-# Columns are filtered in blocks of this many so that a float32 (T, P) movie never needs a
-# float64 copy (lfilter computes in the dtype of its coefficients and input).
-_CHUNK = 2048
-
 
 def _check_frames(n_frames):
     if isinstance(n_frames, bool) or not isinstance(n_frames, (int, np.integer)) or n_frames < 1:
@@ -45,7 +41,7 @@ def _as_2d(X, n_frames, what):
     if X.ndim not in (1, 2) or X.shape[0] != n_frames:
         raise ValueError(
             f"{what} must have shape ({n_frames},) or ({n_frames}, m), got {X.shape}")
-    if not np.issubdtype(X.dtype, np.floating):
+    if X.dtype not in (np.float32, np.float64):
         X = X.astype(np.float64)
     return X
 
@@ -171,19 +167,19 @@ class DecayOperator:
         inv = self._inv_norms.astype(dtype)
         if X.ndim == 1:
             return self._filter_block(X[:, None], b, a, inv, adjoint)[:, 0]
-        out = np.empty(X.shape, dtype=dtype)
-        for start in range(0, X.shape[1], _CHUNK):
-            sl = slice(start, start + _CHUNK)
-            out[:, sl] = self._filter_block(X[:, sl], b, a, inv, adjoint)
-        return out
+        return self._filter_block(X, b, a, inv, adjoint)
 
     @staticmethod
     def _filter_block(X, b, a, inv, adjoint):
-        if adjoint:
-            Y = _lfilter(b, a, X[::-1])[::-1]
-            Y *= inv[:, None]
-            return Y
-        return _lfilter(b, a, X * inv[:, None])
+        from ._kernels import BAND, ar_filter, ar_filter_serial
+
+        X = np.ascontiguousarray(X)
+        out = np.empty(X.shape, dtype=X.dtype)
+        a1 = X.dtype.type(-a[1])
+        a2 = X.dtype.type(-a[2] if a.size > 2 else 0.0)
+        kernel = ar_filter if X.shape[1] > 2 * BAND else ar_filter_serial
+        kernel(X, a1, a2, inv, adjoint, out)
+        return out
 
     @property
     def norm_sq(self):

@@ -1,0 +1,62 @@
+"""Numba kernel of the calcium-decay filter (numpy/scipy twin: ``scipy.signal.lfilter``).
+
+``scipy.signal.lfilter(..., axis=0)`` on a C-ordered (T, m) block walks each column with a
+stride of m elements; this kernel runs the recursion one frame at a time over a band of columns
+(contiguous, vectorised), bands in parallel for wide blocks (a serial driver for narrow ones,
+where waking threads costs more than the work).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._jit import njit, prange
+
+BAND = 256
+
+
+@njit
+def _ar_band(X, a1, a2, scale, adjoint, out, c0, c1):
+    T = X.shape[0]
+    n = c1 - c0
+    u1 = np.zeros(n, out.dtype)
+    u2 = np.zeros(n, out.dtype)
+    if not adjoint:
+        for t in range(T):
+            s = scale[t]
+            for q in range(n):
+                u = s * X[t, c0 + q] + a1 * u1[q] + a2 * u2[q]
+                u2[q] = u1[q]
+                u1[q] = u
+                out[t, c0 + q] = u
+    else:
+        for t in range(T - 1, -1, -1):
+            s = scale[t]
+            for q in range(n):
+                u = X[t, c0 + q] + a1 * u1[q] + a2 * u2[q]
+                u2[q] = u1[q]
+                u1[q] = u
+                out[t, c0 + q] = s * u
+
+
+@njit
+def ar_filter_serial(X, a1, a2, scale, adjoint, out):
+    """AR(2) recursion along axis 0 of ``X`` (T, m) into ``out`` (same shape and dtype).
+
+    Forward: ``out[t] = scale[t] * X[t] + a1 * out[t-1] + a2 * out[t-2]``
+    (``lfilter([1], [1, -a1, -a2], scale * X)``).
+    Adjoint (time reversed, scale applied after): ``u[t] = X[t] + a1 u[t+1] + a2 u[t+2]``,
+    ``out[t] = scale[t] * u[t]``. ``a2 = 0`` gives AR(1).
+    """
+    m = X.shape[1]
+    for c0 in range(0, m, BAND):
+        _ar_band(X, a1, a2, scale, adjoint, out, c0, min(c0 + BAND, m))
+
+
+@njit(parallel=True)
+def ar_filter(X, a1, a2, scale, adjoint, out):
+    """:func:`ar_filter_serial` with bands of columns in parallel."""
+    m = X.shape[1]
+    nb = (m + BAND - 1) // BAND
+    for b in prange(nb):
+        c0 = b * BAND
+        _ar_band(X, a1, a2, scale, adjoint, out, c0, min(c0 + BAND, m))
