@@ -384,7 +384,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         while n_grow < max_grow:
             atom = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                   spatial=spatial_norm, background=bg, effort=certificate_effort,
-                                  seed=int(seed) + n_grow)
+                                  seed=int(seed) + n_grow, pre=pre)
             if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
                 break
             try:

@@ -256,3 +256,25 @@ def test_zero_factorisation_and_lambda_max_with_decay_operator():
     after, _ = certify(Y, op, A1, Z1, lam=0.9 * c.rho_low, temporal=temporal, spatial=spatial,
                        background=F, effort="low")
     assert after.objective < c.objective
+
+
+@pytest.mark.parametrize("with_background", [False, True])
+def test_improving_atom_from_precomputed_data_matches_direct(with_background):
+    """Growth computes W = D^T P (Y - D A Z^T) from the solver's D^T P Y: same atom as from Y."""
+    from calseg.certify.gap import improving_atom
+    from calseg.model.objective import precompute
+    from calseg.model.temporal import DecayOperator
+
+    Y, D, a1, z1, z2, shape = _blob_movie(5)
+    T = Y.shape[0]
+    op = DecayOperator.from_tau(T, 0.5, 10.0)
+    F = fourier_background(T, 3) if with_background else None
+    temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
+    spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
+    A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
+    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3)
+    direct = improving_atom(Y, op, A, Z, **kw)
+    fast = improving_atom(Y, op, A, Z, pre=precompute(Y, op, F), **kw)
+    assert direct is not None and fast is not None
+    assert fast.rho == pytest.approx(direct.rho, rel=1e-6)
+    np.testing.assert_allclose(fast.psi, direct.psi, atol=1e-6)

@@ -221,7 +221,7 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         W = W.astype(R.dtype)
     del R
     _check_norms(W, temporal, spatial)
-    rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-4, tol), effort=effort)
+    rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-3, tol), effort=effort)
     rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter,
                                     seed=seed, row_scores=extra.get("row_scores"),
                                     col_scores=extra.get("col_scores"))
@@ -256,19 +256,41 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     return cert, atom
 
 
-def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effort="low", seed=0):
+def _polar_data_pre(pre, op, A, Z, Q):
+    """``W = D^T (I - Q Q^T)(Y - D A Z^T)`` from the solver's ``pre.DtY = D^T (I - F F^T) Y``
+    (F and Q span the same columns): one (T, r) x (r, P) product instead of a pass over Y and
+    a filter of the whole (T, P) residual."""
+    W = np.array(pre.DtY, copy=True)
+    if A.shape[1]:
+        DA = np.asarray(op.apply(A), dtype=np.float64).reshape(A.shape)
+        if Q is not None:
+            DA = DA - Q @ (Q.T @ DA)
+        G = np.asarray(op.adjoint(DA), dtype=np.float64).astype(W.dtype)
+        Zd = Z.astype(W.dtype)
+        for s in range(0, W.shape[1], 4 * _CHUNK):
+            W[:, s:s + 4 * _CHUNK] -= G @ Zd[s:s + 4 * _CHUNK].T
+    return W
+
+
+def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effort="low", seed=0,
+                   pre=None):
     """The best atom the polar lower-bound search finds at (A, Z), without the upper bounds.
 
     Cheaper than :func:`certify` (no upper bounds, no gap): what rank growth needs between
-    solver runs. Returns None when the search finds no pair with a positive value.
+    solver runs. Returns None when the search finds no pair with a positive value. ``pre``
+    (the solver's :class:`~calseg.model.objective.Precomputed` for the same Y, operator and
+    background) saves a pass over Y.
     """
     n_starts, max_iter = _effort(effort)[:2]
     Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
-    R, _ = _residual(Y, op, A, Z, Q)
-    W = np.asarray(op.adjoint(R))
-    if W.dtype != R.dtype:
-        W = W.astype(R.dtype)
-    del R
+    if pre is not None:
+        W = _polar_data_pre(pre, op, A, Z, Q)
+    else:
+        R, _ = _residual(Y, op, A, Z, Q)
+        W = np.asarray(op.adjoint(R))
+        if W.dtype != R.dtype:
+            W = W.astype(R.dtype)
+        del R
     _check_norms(W, temporal, spatial)
     rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed)
     if rho <= 0:
