@@ -11,7 +11,9 @@ never the pixels, and results do not depend on where a tile ran.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 
@@ -103,23 +105,47 @@ def default_tile_geometry(diameter: float, height: int, width: int) -> tuple[int
 def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, progress=None):
     """Apply ``fn(tile)`` to every tile and return the results in tile order.
 
-    ``fn`` must be picklable (a module-level function or a ``functools.partial`` of one) when
-    ``workers > 1`` or a ``scheduler`` is given.
+    Parameters
+    ----------
+    fn : callable(Tile) -> object
+        Must be picklable (a module-level function or a ``functools.partial`` of one) when
+        ``workers > 1`` or a ``scheduler`` is given. It should carry a movie *handle* (paths and
+        layout), never pixels: it is sent once to every process.
+    tiles : list of Tile
+    workers : int
+        Local processes (``spawn``); 1 runs the tiles here, one after another.
+    scheduler : str, optional
+        Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``); the tiles
+        then run on its workers and ``workers`` is ignored. Needs the ``dask`` extra.
+    progress : callable(done, total), optional
+
+    Notes
+    -----
+    On a Dask cluster ``fn`` is scattered to every worker once and each task receives only the
+    tile (a few integers); the worker reads the tile's pixels from the files itself, so the
+    files must be readable at the same paths on the workers. A worker that dies (e.g. killed for
+    exceeding its memory limit) fails the run with a one-line error.
     """
     results = [None] * len(tiles)
     if scheduler:
-        try:
-            from dask.distributed import Client, as_completed  # optional extra
-        except ImportError:  # pragma: no cover - depends on the environment
-            from .errors import ConfigError
+        from .errors import CalsegError
 
-            raise ConfigError("--scheduler needs the dask extra: pip install 'calseg[dask]'") from None
-        with Client(scheduler) as client:
-            futures = {client.submit(fn, t, pure=False): t.index for t in tiles}
-            for done, fut in enumerate(as_completed(futures), 1):
-                results[futures[fut]] = fut.result()
+        distributed = _import_distributed()
+        client = connect_scheduler(scheduler)
+        try:
+            [remote_fn] = client.scatter([fn], broadcast=True, hash=False)
+            futures = {client.submit(_call, remote_fn, t, pure=False): t.index for t in tiles}
+            for done, fut in enumerate(distributed.as_completed(futures, loop=client.loop), 1):
+                try:
+                    results[futures[fut]] = fut.result()
+                except distributed.KilledWorker as exc:
+                    raise CalsegError(f"a Dask worker died running tile {futures[fut]} ({exc}); "
+                                      "give the workers more memory or use smaller tiles "
+                                      "(--tile-size)") from None
                 if progress:
                     progress(done, len(tiles))
+        finally:
+            client.close()
         return results
     if workers <= 1 or len(tiles) <= 1:
         for done, t in enumerate(tiles, 1):
@@ -131,10 +157,71 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with _thread_env(max(1, (os.cpu_count() or 1) // workers)), \
+            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {pool.submit(fn, t): t.index for t in tiles}
         for done, fut in enumerate(cf.as_completed(futures), 1):
             results[futures[fut]] = fut.result()
             if progress:
                 progress(done, len(tiles))
     return results
+
+
+_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _thread_env(n: int):
+    """Spawned workers inherit ``n`` threads each for numba and BLAS (set in the environment
+    they start with), so that workers x threads does not oversubscribe the cores."""
+    old = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: str(n) for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _call(fn, tile):
+    return fn(tile)
+
+
+def _import_distributed():
+    try:
+        import distributed  # optional extra: imported only when a scheduler is used
+    except ImportError:  # pragma: no cover - depends on the environment
+        from .errors import ConfigError
+
+        raise ConfigError("--scheduler needs the dask extra: pip install 'calseg[dask]'") from None
+    return distributed
+
+
+def connect_scheduler(address: str, *, timeout: float = 20.0):
+    """A ``distributed.Client`` connected to the scheduler at ``address``.
+
+    Raises
+    ------
+    ConfigError
+        dask is not installed, or no scheduler answers at ``address`` within ``timeout`` s.
+    """
+    from .errors import ConfigError
+
+    distributed = _import_distributed()
+    try:
+        return distributed.Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Dask scheduler at {address!r} "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def scheduler_workers(address: str) -> int:
+    """Number of workers of the scheduler at ``address`` (connects, counts, disconnects)."""
+    client = connect_scheduler(address)
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    finally:
+        client.close()
