@@ -3,7 +3,9 @@
 One entry point, :func:`simulate`, renders a two-photon-like movie frame batch by frame batch
 into ``movie.tif`` and writes its ground truth into ``truth/``. The whole movie is never held
 in memory: 512 x 512 x 3000 frames (standard) takes about 100 s of CPU time (mostly drawing the
-Poisson photon noise) and under 200 MB of memory.
+Poisson photon noise) and under 200 MB of memory, whatever the number of frames (measured peak
+RSS 160 MB at 300 and at 1,200 frames of 512 x 512); beyond 4 GB the movie is ImageJ's
+"virtual" hyperstack layout (one header, contiguous frames).
 
 Model (all intensities in photons per pixel per frame before the camera)
 ------------------------------------------------------------------------
@@ -75,6 +77,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -747,8 +750,12 @@ def _render(root: Path, p: dict, cmd: str, progress) -> None:  # noqa: C901 - on
             if progress is not None:
                 progress(done, T)
 
-    tifffile.imwrite(root / "movie.tif", frames(), shape=(T, H, W), dtype=np.uint16, imagej=True,
-                     metadata=fps_meta)
+    with warnings.catch_warnings():
+        # beyond 4 GB tifffile writes ImageJ's own layout (one IFD, contiguous frames, what
+        # ImageJ and calseg read) and says so in a warning; that is the intended file
+        warnings.filterwarnings("ignore", message=".*truncating ImageJ file")
+        tifffile.imwrite(root / "movie.tif", frames(), shape=(T, H, W), dtype=np.uint16,
+                         imagej=True, metadata=fps_meta)
 
 
 def _clip_box(y0, x0, shape, bounds):
