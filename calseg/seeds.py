@@ -18,26 +18,28 @@ def _robust_z(img: np.ndarray) -> np.ndarray:
 
 
 def find_seeds(correlation: np.ndarray, peak: np.ndarray, diameter: float, *,
-               corr_z: float = 3.0, peak_min: float = 6.0) -> np.ndarray:
-    """Candidate neuron centres as local maxima of the smoothed correlation image.
+               corr_z: float = 3.0, peak_z: float = 4.0) -> np.ndarray:
+    """Candidate neuron centres: local maxima of the smoothed correlation and peak images.
 
-    A local maximum (minimum distance ≈ diameter/3) is a seed when its correlation is
-    ``corr_z`` robust SDs above the image's median, or when its peak image value (the largest
-    smoothed transient, in noise SDs) exceeds ``peak_min`` together with a positive correlation z.
+    A point is a seed when it is a local maximum (minimum distance ≈ diameter/3) of
+    ``max(zc / corr_z, zp / peak_z)`` and that score is at least 1, with ``zc`` and ``zp`` the
+    robust z-scores (median, MAD) of the smoothed correlation image and of the peak image.
+    Cells that fire often stand out in the correlation image; cells that fire a few times
+    only in the peak image (binned, blurred transients, see :func:`calseg.summary.summarize`).
 
     Returns
     -------
     ndarray of shape (n, 2), int: (row, col) of each seed, strongest first.
     """
     d = float(diameter)
-    smooth = ndimage.gaussian_filter(correlation.astype(np.float64), sigma=max(d / 8.0, 0.5))
-    zc = _robust_z(smooth)
-    zp = ndimage.gaussian_filter(peak.astype(np.float64), sigma=max(d / 8.0, 0.5))
+    sigma = max(d / 8.0, 0.5)
+    zc = _robust_z(ndimage.gaussian_filter(correlation.astype(np.float64), sigma=sigma))
+    zp = _robust_z(ndimage.gaussian_filter(peak.astype(np.float64), sigma=sigma))
+    score = np.maximum(zc / corr_z, zp / peak_z)
     size = max(3, int(round(d / 3.0)) | 1)
-    is_max = smooth == ndimage.maximum_filter(smooth, size=size, mode="nearest")
-    ok = is_max & ((zc >= corr_z) | ((zp >= peak_min) & (zc >= 1.0)))
-    ys, xs = np.nonzero(ok)
-    order = np.argsort(-(zc[ys, xs]))
+    is_max = score == ndimage.maximum_filter(score, size=size, mode="nearest")
+    ys, xs = np.nonzero(is_max & (score >= 1.0))
+    order = np.argsort(-score[ys, xs])
     return np.stack([ys[order], xs[order]], axis=1).astype(int)
 
 

@@ -7,8 +7,10 @@ batch by one numba kernel (:func:`calseg._summary_kernels.batch_stats`):
   median over batches, divided by 0.6745·√2 — the signal's slow calcium transients barely move it);
 * ``correlation`` image: each pixel's mean correlation with its 8 neighbours, on data high-passed
   by removing each batch's per-pixel mean (cells light up; neuropil and noise do not);
-* ``peak`` image: the maximum over time of the temporally smoothed data minus the median of its
-  frame batch, in noise units (cells that fire rarely still show; slow drifts do not);
+* ``peak`` image: the maximum over time of the data binned over about half a decay time and
+  blurred over a quarter of a cell, minus the median of its frame batch, in units of its own
+  noise (cells that fire once still show, cell-sized transients gain the square root of their
+  area over single pixels; slow drifts do not count);
 * ``coarse``: block means of every frame on a grid of ``block`` pixels — the neuropil's time
   courses come from its leading singular vectors.
 """
@@ -54,8 +56,27 @@ def _block_sums(X, block, nby, nbx):
     return out.reshape(t, nby * nbx)
 
 
+def _smoothed_peak(X, bin_frames, sigma):
+    """Max over time of the binned, blurred frames minus their median, and the median absolute
+    difference of consecutive binned frames (None with fewer than 3 bins), both (H, W)."""
+    from scipy import ndimage
+
+    t, H, W = X.shape
+    nb = t // bin_frames
+    if nb == 0:
+        Xb = X.mean(axis=0, keepdims=True)
+    else:
+        Xb = X[:nb * bin_frames].reshape(nb, bin_frames, H, W).mean(axis=1)
+    if sigma > 0:
+        Xb = ndimage.gaussian_filter(Xb, sigma=(0, sigma, sigma), mode="nearest")
+    med = np.median(Xb, axis=0)
+    peak = (Xb.max(axis=0) - med).astype(np.float32)
+    nd = np.median(np.abs(np.diff(Xb, axis=0)), axis=0).astype(np.float32) if Xb.shape[0] >= 3 else None
+    return peak, nd
+
+
 def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: int = 3,
-              progress=None) -> Summary:
+              bin_frames: int = 1, peak_sigma: float = 0.0, progress=None) -> Summary:
     """Stream ``movie`` once and return its :class:`Summary`.
 
     Parameters
@@ -67,7 +88,14 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
     batch_size : int
         Frames per batch; memory grows with it, results barely do.
     smooth_frames : int
-        Width of the running mean applied before taking the ``peak`` image.
+        Width of the running mean of the per-pixel peak (``bin_frames`` = 1, ``peak_sigma`` = 0).
+    bin_frames : int
+        Frames averaged into one before the ``peak`` image (about half a decay time: a transient
+        is then one sample with the noise of ``bin_frames`` frames averaged).
+    peak_sigma : float
+        Gaussian blur (pixels, about a quarter of a cell diameter) of the binned frames before the
+        ``peak`` image: a transient of a cell-sized object stands out by the square root of its
+        area, where a single pixel's does not. 0 keeps the per-pixel running-mean peak.
     progress : callable(done_frames, total_frames) or None
     """
     from ._summary_kernels import batch_stats
@@ -89,6 +117,9 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
     b_med = np.empty((H, W), np.float32)
     b_peak = np.empty((H, W), np.float32)
     k = max(int(smooth_frames), 1)
+    bin_frames = max(int(bin_frames), 1)
+    smoothed = bin_frames > 1 or peak_sigma > 0
+    peak_noise = []
     done = 0
     for start, X in movie.iter_batches(batch_size, dtype=np.float32):
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -101,7 +132,13 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         s2 += b_ss
         half += b_cross
         # the peak is measured against each batch's own median (slow drifts do not count)
-        np.maximum(peak_raw, b_peak, out=peak_raw)
+        if smoothed:
+            pr, nd = _smoothed_peak(X, bin_frames, peak_sigma)
+            np.maximum(peak_raw, pr, out=peak_raw)
+            if nd is not None:
+                peak_noise.append(nd)
+        else:
+            np.maximum(peak_raw, b_peak, out=peak_raw)
         done += t
         if progress is not None:
             progress(done, T)
@@ -143,7 +180,13 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         corr_sum[yd, xd] += c
         n_nb[yd, xd] += 1
     correlation = (corr_sum / np.maximum(n_nb, 1)).astype(np.float32)
-    peak = (peak_raw / noise).astype(np.float32)
+    if smoothed:
+        # noise of the binned, blurred frames, measured like the pixels' (median over batches)
+        pn = np.median(np.stack(peak_noise), axis=0) * _MAD_TO_SD if peak_noise else noise
+        pn = np.maximum(pn, max(float(np.median(pn)) * 1e-3, 1e-6))
+        peak = (peak_raw / pn).astype(np.float32)
+    else:
+        peak = (peak_raw / noise).astype(np.float32)
     return Summary(mean=mean, noise=noise, correlation=correlation, peak=peak, coarse=coarse,
                    block=block, n_frames=T)
 
