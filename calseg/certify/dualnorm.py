@@ -424,15 +424,14 @@ def _tv_dual_fista(V3, p, scale, n_iter, conn, *, parallel=None):
     pout = tuple(np.empty_like(pi) for pi in pin)
     L_inv = dt.type(1.0 / (16.0 if conn == 8 else 8.0))       # ||G||^2 <= 2 * max degree
     if parallel is None:
-        parallel = m > 1 and H * W * m * max(int(n_iter), 1) >= _DUAL_PARALLEL_MIN
+        from calseg.prox.tv import PARALLEL_MIN_SIZE
+
+        # threads only pay for their wake-up on large problems (same rule as the TV prox)
+        parallel = m > 1 and H * W * m >= PARALLEL_MIN_SIZE
     kern = _dual_kernels.tv_dual_fista_columns if parallel else \
         _dual_kernels.tv_dual_fista_columns_serial
     kern(V3, pin, pout, sc, int(n_iter), L_inv)
     return list(pout)
-
-
-_DUAL_PARALLEL_MIN = 1 << 17
-"""Below this many pixel-column-steps (H * W * m * n_iter) the dual FISTA kernel runs serially."""
 
 
 def _tv_dual_fista_numpy(V3, p, scale, n_iter, conn):
@@ -529,6 +528,8 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     ``hi0`` optionally gives precomputed upper bounds (e.g. the no-TV dual norms).
     Returns ``(lo, hi, X, best)`` with ``X`` the best feasible maximisers (``h(x) = 1``).
     """
+    from calseg.certify._kernels import bisect_fq
+
     a, b, c = _weights(norm)
     nonneg = bool(norm.nonnegative)
     H, Wd = (int(s) for s in norm.image_shape)
@@ -583,27 +584,11 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
         # upper end: smallest root of the convex F_q, F_q(lo) >= 0
         D = GTp / np.maximum(mu_g, 1e-300)                 # = tv G^T q
 
-        def F(mu, Va=Va, D=D):
-            Z = _shrink(Va - mu * D, mu * b, nonneg)
-            return np.sqrt(np.einsum("ij,ij->j", Z, Z)) - a * mu
-
         r = hi[act].copy()
-        good = F(r) <= 0
         lft = np.minimum(lo[act], r)
-        busy = np.flatnonzero(good)
-        for _ in range(64):
-            # a column is settled when its bracket is tight or (pruning) already below best
-            settled = r[busy] - lft[busy] <= 0.05 * tol * r[busy]
-            if prune:
-                settled |= r[busy] <= best * (1 + tol)
-            busy = busy[~settled]
-            if busy.size == 0:
-                break
-            mid = 0.5 * (lft[busy] + r[busy])
-            fm = F(mid, Va=Va[:, busy], D=D[:, busy])
-            right = fm <= 0
-            r[busy[right]] = mid[right]
-            lft[busy[~right]] = mid[~right]
+        good = np.empty(act.size, dtype=np.bool_)
+        bisect_fq(np.ascontiguousarray(Va.T), np.ascontiguousarray(D.T), r, lft, float(a), float(b),
+                  nonneg, float(tol), float(best) if np.isfinite(best) else -1.0, bool(prune), good)
         width_old = hi[act] - lo[act]
         hi[act] = np.where(good, np.minimum(hi[act], r), hi[act])
         width = hi[act] - lo[act]
