@@ -353,6 +353,14 @@ def _normalise(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
+#: settings that decide only where and how fast tiles run, never the results
+_EXECUTION_ONLY = ("workers", "scheduler")
+
+
+def _result_settings(d) -> dict:
+    return {k: v for k, v in _normalise(d or {}).items() if k not in _EXECUTION_ONLY}
+
+
 def output_state(folder, files, settings) -> tuple[bool, str, dict]:
     """Whether ``folder`` holds a complete result for ``files`` made with ``settings``.
 
@@ -360,7 +368,8 @@ def output_state(folder, files, settings) -> tuple[bool, str, dict]:
     -------
     (complete, reason, run_info)
         ``complete`` is True only when every file of ``OUTPUT_FILES`` is there, ``run.json``
-        parses, and it records the same input fingerprint and the same settings; ``reason``
+        parses, and it records the same input fingerprint and the same settings (``workers`` and
+        ``scheduler`` aside: they never change results); ``reason``
         says why not; ``run_info`` is the parsed ``run.json`` (empty when unreadable).
     """
     from .pipeline import OUTPUT_FILES, fingerprint
@@ -385,7 +394,7 @@ def output_state(folder, files, settings) -> tuple[bool, str, dict]:
     if old_input.get("sha256_head_tail") != now["sha256_head_tail"] or \
             _normalise(old_input.get("files")) != _normalise(now["files"]):
         return False, "input changed", info
-    if _normalise(info.get("settings")) != _normalise(settings.to_dict()):
+    if _result_settings(info.get("settings")) != _result_settings(settings.to_dict()):
         return False, "settings changed", info
     return True, "output complete, input and settings unchanged", info
 
@@ -459,7 +468,9 @@ def _one_line(exc: BaseException) -> str:
 def _process(rec: Recording, out: Path, settings, *, progress, segment_fn) -> Outcome:
     """Read, segment and write one recording (the caller holds its lock)."""
     from . import pipeline
+    from .io.cache import tile_cache
     from .io.tiff import read_movie
+    from .memory import plan_for_movie
 
     t0 = time.perf_counter()
     oc = Outcome(name=rec.name, input=rec.source, output=str(out))
@@ -467,7 +478,9 @@ def _process(rec: Recording, out: Path, settings, *, progress, segment_fn) -> Ou
     with read_movie(target, channel=settings.channel, plane=settings.plane, fps=settings.fps,
                     pixel_size=settings.pixel_size) as mov:
         segment = segment_fn or pipeline.segment
-        result = segment(mov, settings, progress=progress)
+        plan = plan_for_movie(mov, settings)  # refuses a run that cannot fit, before any work
+        with tile_cache(mov, out, n_tiles=plan.n_tiles) as work:
+            result = segment(work, settings, progress=progress)
         extra = {"input": {"paths": [str(p) for p in mov.paths], "shape": list(mov.shape),
                            "dtype": str(mov.dtype), **pipeline.fingerprint(rec.files)},
                  "wall_seconds": time.perf_counter() - t0,

@@ -178,12 +178,14 @@ def info_cmd(movie, channel, plane, fps, pixel_size, as_json):
     MOVIE is a TIFF file, a folder of TIFFs (or with an images/ subfolder), a quoted glob
     such as 'images/*.tif', or several of these (concatenated in natural order).
     """
-    from .io.tiff import estimate_run_memory, read_movie, value_range
+    from .config import Settings
+    from .io.tiff import read_movie, value_range
+    from .memory import plan_for_movie
 
     items = movie[0] if len(movie) == 1 else list(movie)
     with read_movie(items, channel=channel, plane=plane, fps=fps, pixel_size=pixel_size) as mv:
         lo, hi = value_range(mv)
-        mem = estimate_run_memory(mv.shape, stored_itemsize=mv.dtype.itemsize)
+        mem = {"total": plan_for_movie(mv, Settings(workers=1)).peak}
         t, h, w = mv.shape
         report = {
             "paths": [str(p) for p in mv.paths], "n_files": len(mv.paths), "format": mv.kind,
@@ -223,7 +225,7 @@ def info_cmd(movie, channel, plane, fps, pixel_size, as_json):
         ("dtype", report["dtype"]), ("value range", f"{lo} .. {hi}"),
         ("frame rate", fps_txt), ("pixel size", px_txt),
         ("size on disk", size(report["size_on_disk"])), ("data size", size(report["nbytes"])),
-        ("run memory", f"~{size(report['estimated_run_memory'])} (estimate, 1 worker)"),
+        ("run memory", f"~{size(report['estimated_run_memory'])} (estimate: default settings, 1 worker)"),
     ]
     if report["duration_s"]:
         lines.insert(6, ("duration", f"{report['duration_s']:.1f} s"))
@@ -402,7 +404,9 @@ _RUN_OPTIONS = [
     ("--lam-scale", "lam_scale", dict(type=float, help="Multiply the automatic λ (lower finds dimmer cells).")),
     ("--tile-size", "tile_size", dict(type=int, help="Tile side in pixels (default: 6 cell diameters).")),
     ("--tile-overlap", "tile_overlap", dict(type=int, help="Tile overlap in pixels (default: 1.5 diameters).")),
-    ("--workers", "workers", dict(type=int, help="Worker processes for tiles (default: all cores).")),
+    ("--workers", "workers", dict(type=int, help="Worker processes for tiles (default: all cores, fewer if free memory is short).")),
+    ("--scheduler", "scheduler", dict(type=str, metavar="ADDRESS", help="Run the tiles on this dask.distributed scheduler, e.g. tcp://host:8786 (needs calseg[dask]; workers must see the input files at the same paths).")),
+    ("--max-memory", "max_memory", dict(type=str, metavar="SIZE", help="Memory budget, e.g. 4GB: batch sizes, workers and, if needed, the tile size are chosen to fit; a run that cannot fit is refused before it starts.")),
     ("--max-iter", "max_iter", dict(type=int, help="Solver iteration budget per tile.")),
     ("--channel", "channel", dict(type=int, help="Channel to use in multi-channel data (0-based).")),
     ("--plane", "plane", dict(type=int, help="Plane to use in multi-plane data (0-based).")),
@@ -450,9 +454,12 @@ def _settings_from(config_path, options):
               help="Also write these formats, comma-separated: suite2p (suite2p/plane0/ for the Suite2p GUI), "
                    "nwb (calseg.nwb; needs pynwb). summary.png, report.html and rois.zip are always written.")
 @click.option("--no-report", "no_report", is_flag=True, help="Do not write summary.png and report.html.")
+@click.option("--keep-cache", "keep_cache", is_flag=True,
+              help="Keep the raw cache OUT.cache/ written when the TIFF is compressed or many files "
+                   "(a later run on the same input reuses it).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @click.pass_context
-def run_cmd(ctx, movie, out, config_path, force, exports, no_report, as_json, **options):
+def run_cmd(ctx, movie, out, config_path, force, exports, no_report, keep_cache, as_json, **options):
     """Find the neurons of MOVIE and write masks, traces, spikes and a certificate to OUT.
 
     MOVIE is a TIFF (multi-page, BigTIFF, ImageJ, OME, ScanImage), a folder of single-frame TIFFs,
@@ -473,11 +480,18 @@ def run_cmd(ctx, movie, out, config_path, force, exports, no_report, as_json, **
     paths = list(movie) if len(movie) > 1 else movie[0]
     mov = read_movie(paths, channel=settings.channel, plane=settings.plane,
                      fps=settings.fps, pixel_size=settings.pixel_size)
+    from .io.cache import tile_cache
+    from .memory import plan_for_movie
     from .pipeline import fingerprint, segment, write_result
 
-    result = segment(mov, settings, progress=_Progress(ctx.obj.get("quiet")))
+    plan = plan_for_movie(mov, settings)  # refuses a run that cannot fit, before any work
+    bar = _Progress(ctx.obj.get("quiet"))
+    with tile_cache(mov, out, n_tiles=plan.n_tiles, keep=keep_cache,
+                    progress=lambda d, n: bar("cache", d, n)) as work:
+        result = segment(work, settings, progress=bar)
     extra = {"input": {"paths": [str(p) for p in mov.paths], "shape": list(mov.shape), "dtype": str(mov.dtype),
                        **fingerprint(mov.paths)},
+             "raw_cache": str(work.paths[0]) if work is not mov else None,
              "wall_seconds": time.perf_counter() - t0}
     write_result(result, out, force=force, extra_info=extra, exports=exports, report=not no_report)
     cert = result.certificate

@@ -62,6 +62,15 @@ class Settings:
         Weights of ℓ2, ℓ1 and total variation in the footprint norm ‖·‖_Z.
     temporal : (α, β)
         Weights of ℓ2 and ℓ1 in the spike-train norm ‖·‖_A.
+    workers : int or None
+        Local worker processes for the tiles (None: all cores, fewer if free memory is short).
+    scheduler : str or None
+        Address of a ``dask.distributed`` scheduler (``tcp://host:8786``); the tiles then run on
+        its workers (needs the ``dask`` extra). Results are the same wherever tiles run.
+    max_memory : str or None
+        Memory budget of the run, e.g. ``"4GB"``: batch sizes, workers and, if needed, the tile
+        size are chosen to fit it, and a run that cannot fit is refused before it starts
+        (:mod:`calseg.memory`).
     """
 
     fps: float | None = None
@@ -91,6 +100,7 @@ class Settings:
     max_area_fraction: float = 4.0
     motion_correction: str = "rigid"
     workers: int | None = None
+    scheduler: str | None = None
     max_memory: str | None = None
     channel: int | None = None
     plane: int | None = None
@@ -249,6 +259,14 @@ def _bool(v):
     return None if isinstance(v, bool) else "expected true or false"
 
 
+def _address(v):
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v.strip() or any(c.isspace() for c in v):
+        return "expected a scheduler address such as tcp://host:8786"
+    return None
+
+
 def _memory(v):
     if v is None:
         return None
@@ -286,6 +304,7 @@ CONSTRAINTS = {
     "max_area_fraction": _num(0, 1000, lo_open=True),
     "motion_correction": _choice(MOTION_MODES),
     "workers": _num(1, 1024, optional=True, integer=True),
+    "scheduler": _address,
     "max_memory": _memory,
     "channel": _num(0, 1000, optional=True, integer=True),
     "plane": _num(0, 1000, optional=True, integer=True),

@@ -115,8 +115,9 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     -------
     Result
     """
+    from .memory import format_bytes
     from .merge import merge_components
-    from .patches import default_tile_geometry, plan_tiles, run_tiles
+    from .patches import plan_tiles, run_tiles
     from .seeds import find_seeds
     from .summary import estimate_tau, neuropil_atoms, summarize
     from .tile import TileContext, process_tile
@@ -134,6 +135,12 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     diameter = settings.diameter_px(settings.pixel_size or getattr(movie, "pixel_size", None))
     if T < 10:
         raise InputError(f"{_name(movie)}: only {T} frames; calseg needs at least 10")
+    from .memory import plan_run
+
+    # workers, batch and tile sizes within --max-memory (refused here, before any work)
+    plan = plan_run((T, H, W), settings=settings, diameter=diameter, name=_name(movie))
+    if settings.scheduler:
+        _check_scheduler(movie, settings.scheduler)
     timings: dict[str, float] = {}
     report = progress or (lambda stage, done, total: None)
 
@@ -143,14 +150,14 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
 
         t0 = time.perf_counter()
         motion = estimate_motion(movie, mode=settings.motion_correction, seed=settings.seed,
-                                 progress=lambda d, n: report("motion", d, n))
+                                 batch_size=plan.motion_batch, progress=lambda d, n: report("motion", d, n))
         movie = CorrectedMovie(movie, motion)
         timings["motion"] = time.perf_counter() - t0
         log.info("motion (%s): largest shift %.2f px", settings.motion_correction,
                  float(np.abs(motion.shifts).max()) if len(motion.shifts) else 0.0)
 
     t0 = time.perf_counter()
-    summ = summarize(movie, block=max(16, int(round(2 * diameter))),
+    summ = summarize(movie, block=max(16, int(round(2 * diameter))), batch_size=plan.summary_batch,
                      progress=lambda d, n: report("summary", d, n))
     timings["summary"] = time.perf_counter() - t0
 
@@ -173,11 +180,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     neuropil = neuropil_atoms(summ, settings.n_neuropil)
     timings["kinetics_seeds"] = time.perf_counter() - t0
 
-    tile_size, overlap = default_tile_geometry(diameter, H, W)
-    tile_size = settings.tile_size or tile_size
-    overlap = settings.tile_overlap if settings.tile_overlap is not None else overlap
-    if overlap >= tile_size:
-        raise ConfigError(f"setting 'tile_overlap' = {overlap} must be smaller than the tile size ({tile_size})")
+    tile_size, overlap = plan.tile_size, plan.tile_overlap
     tiles = plan_tiles(H, W, tile_size, overlap)
 
     t0 = time.perf_counter()
@@ -203,13 +206,18 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         certificate_tol=settings.certificate_tol, mask_threshold=settings.mask_threshold,
         min_area=settings.min_area_fraction * area, max_area=settings.max_area_fraction * area,
         seed=settings.seed, rho_noise=rho_noise)
-    workers = settings.workers or min(os.cpu_count() or 1, len(tiles))
+    workers = plan.workers
+    where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{workers} worker(s)"
     log.info("%d x %d x %d frames at %.3g Hz; cell diameter %.1f px; tau %.3g s (%s); lambda %.3g; "
-             "%d tiles of %d px (overlap %d); %d seeds; %d worker(s)", T, H, W, fps, diameter, tau,
-             tau_source, lam, len(tiles), tile_size, overlap, len(seeds), workers)
+             "%d tiles of %d px (overlap %d); %d seeds; %s; estimated peak memory %s", T, H, W, fps,
+             diameter, tau, tau_source, lam, len(tiles), tile_size, overlap, len(seeds), where,
+             format_bytes(plan.peak))
+    if plan.changes:
+        log.info("to fit max_memory %s: %s", settings.max_memory or "(free memory)", "; ".join(plan.changes))
     t0 = time.perf_counter()
     fn = functools.partial(process_tile, movie=movie, ctx=ctx)
-    tile_results = run_tiles(fn, tiles, workers=workers, progress=lambda d, n: report("tiles", d, n))
+    tile_results = run_tiles(fn, tiles, workers=workers, scheduler=settings.scheduler,
+                             progress=lambda d, n: report("tiles", d, n))
     timings["tiles"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -226,7 +234,8 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         "resolved": {"fps": fps, "cell_diameter_px": diameter, "tau_s": tau, "tau_source": tau_source,
                      "rise_s": rise, "lam": lam, "noise_polar": rho_noise, "tile_size": tile_size, "tile_overlap": overlap,
                      "n_tiles": len(tiles), "n_seeds": int(len(seeds)),
-                     "n_neuropil_atoms": int(neuropil.shape[1]), "workers": workers},
+                     "n_neuropil_atoms": int(neuropil.shape[1]), "workers": workers,
+                     "scheduler": settings.scheduler, "memory": plan.to_dict()},
         "shape": [T, H, W],
         "timings_s": timings,
         "tiles": [r.info for r in tile_results],
@@ -237,6 +246,22 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
                   images={"mean": summ.mean, "correlation": summ.correlation, "noise": summ.noise,
                           "peak": summ.peak},
                   tile_results=tile_results, context=ctx, motion=motion)
+
+
+def _check_scheduler(movie, address: str) -> None:
+    """Refuse an in-memory movie (every task would carry its pixels) and an unreachable scheduler."""
+    from .patches import scheduler_workers
+
+    base = movie
+    while hasattr(base, "estimate") and hasattr(base, "movie"):  # a motion-corrected view
+        base = base.movie
+    if not getattr(base, "paths", ()):
+        raise ConfigError("a Dask scheduler needs a recording read from files (calseg.read_movie): "
+                          "its tasks get the file paths and a tile, never the pixels")
+    n = scheduler_workers(address)
+    log.info("Dask scheduler %s: %d worker(s)", address, n)
+    if n == 0:
+        log.warning("the Dask scheduler at %s has no workers yet; the tiles wait for some", address)
 
 
 def _name(movie) -> str:

@@ -20,7 +20,6 @@ from calseg.cli import main
 from calseg.errors import ConfigError, InputError
 from calseg.io.tiff import (
     Movie,
-    estimate_run_memory,
     natural_sort_key,
     read_movie,
     scanimage_frame_metadata,
@@ -430,21 +429,11 @@ def test_finite_check_streams(tmp_path, rng, monkeypatch):
         value_range(m, batch_size=4)
 
 
-def test_value_range_and_memory_estimate(tmp_path, rng):
+def test_value_range(tmp_path, rng):
     a = _random(rng, (40, 10, 12), np.int16)
     path = tmp_path / "m.tif"
     tifffile.imwrite(path, a)
     assert value_range(read_movie(path), batch_size=7) == (int(a.min()), int(a.max()))
-    est = estimate_run_memory((1000, 128, 128), tile_size=64, overlap=8, n_components=10,
-                              n_workers=2, batch_size=100, stored_itemsize=2)
-    p = 80 * 80
-    per_tile = 4 * (4 * 1000 * p + 4 * 10 * (1000 + p))
-    assert est["per_tile"] == per_tile and est["tiles"] == 2 * per_tile
-    assert est["batch"] == 100 * 128 * 128 * 6
-    assert est["traces"] == 4 * 1000 * 10 * 4
-    assert est["total"] == sum(v for k, v in est.items() if k not in ("per_tile", "total"))
-    with pytest.raises(ConfigError, match="n_workers"):
-        estimate_run_memory((10, 8, 8), n_workers=0)
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -591,7 +580,11 @@ def test_info_human_and_json(tmp_path, rng):
     assert rep["pixel_size_um"] == 0.25 and rep["pixel_size_source"] == "imagej"
     assert rep["size_on_disk"] == path.stat().st_size
     assert rep["nbytes"] == sel.nbytes
-    assert rep["estimated_run_memory"] == estimate_run_memory((8, 10, 12))["total"]
+    from calseg.config import Settings
+    from calseg.memory import plan_for_movie
+
+    planned = plan_for_movie(read_movie(path, channel=1, plane=1), Settings(workers=1)).peak
+    assert rep["estimated_run_memory"] == planned
     res = _info([path, "--channel", "1", "--plane", "1", "--fps", "12.5"])
     assert res.exit_code == 0, res.output
     assert "8 frames x 10 rows x 12 cols" in res.stdout

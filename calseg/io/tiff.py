@@ -8,7 +8,7 @@ rows a request needs (no memory map, so reading a long recording tile by tile ne
 file resident in the process), compressed data page by page through tifffile. Stored values are returned
 exactly (no rescaling, no halving of uint16 into int16).
 
-:func:`estimate_run_memory` gives the memory model used by ``calseg info`` and by the pipeline.
+The memory a run needs is modelled in :mod:`calseg.memory`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..errors import ConfigError, InputError
 
 log = logging.getLogger("calseg.io")
 
-__all__ = ["Movie", "read_movie", "estimate_run_memory", "value_range",
+__all__ = ["Movie", "read_movie", "value_range",
            "scanimage_frame_metadata", "natural_sort_key"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -1158,73 +1158,3 @@ def value_range(movie: Movie, *, batch_size=256) -> tuple[float, float]:
         lo = bmin if lo is None else min(lo, bmin)
         hi = bmax if hi is None else max(hi, bmax)
     return lo.item(), hi.item()
-
-
-# --------------------------------------------------------------------------- memory model
-
-
-def estimate_run_memory(shape, *, tile_size=64, overlap=8, n_components=30, n_workers=1,
-                        batch_size=256, stored_itemsize=2, tile_copies=4,
-                        factor_copies=4) -> dict:
-    """Estimate the peak memory (bytes) of a segmentation run on a movie of ``shape``.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        ``(T, H, W)`` of the movie.
-    tile_size, overlap : int
-        Side of a square spatial tile and the overlap added on each side (pixels).
-    n_components : int
-        Components (columns of the factors) per tile.
-    n_workers : int
-        Tiles processed at the same time.
-    batch_size : int
-        Frames per read batch.
-    stored_itemsize : int
-        Bytes per stored value (2 for uint16).
-    tile_copies, factor_copies : int
-        Float32 copies held of the tile data matrix and of each factor.
-
-    Returns
-    -------
-    dict
-        ``per_tile``, ``tiles`` (all workers), ``batch``, ``images``, ``traces`` and ``total``,
-        all in bytes.
-
-    Notes
-    -----
-    With ``p = min(H, tile_size + 2 overlap) * min(W, tile_size + 2 overlap)`` pixels per tile and
-    ``K = n_components``::
-
-        per_tile = 4 * (tile_copies * T * p + factor_copies * K * (T + p))
-        tiles    = n_workers * per_tile
-        batch    = min(T, batch_size) * H * W * (stored_itemsize + 4)  # read + float32 copy
-        images   = 8 * H * W * 8                                   # summary maps, float64
-        traces   = 4 * T * K * n_tiles                             # all traces, float32
-        total    = tiles + batch + images + traces
-
-    ``tile_copies`` counts the data tile, the residual, the extrapolated point and one
-    gradient-sized work array; ``factor_copies`` the current, previous, extrapolated and
-    gradient of each factor. The model ignores the Python interpreter (~100 MB).
-    """
-    try:
-        t, h, w = (int(n) for n in shape)
-    except (TypeError, ValueError):
-        raise ConfigError(f"shape={shape!r} is not allowed: use (T, H, W)") from None
-    for name, v in (("tile_size", tile_size), ("n_workers", n_workers),
-                    ("batch_size", batch_size), ("n_components", n_components)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{name}={v!r} is not allowed: use an integer >= 1")
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
-        raise ConfigError(f"overlap={overlap!r} is not allowed: use an integer >= 0")
-    side_h, side_w = min(h, tile_size + 2 * overlap), min(w, tile_size + 2 * overlap)
-    p = side_h * side_w
-    k = n_components
-    n_tiles = math.ceil(h / tile_size) * math.ceil(w / tile_size)
-    per_tile = 4 * (tile_copies * t * p + factor_copies * k * (t + p))
-    tiles = n_workers * per_tile
-    batch = min(t, batch_size) * h * w * (stored_itemsize + 4)
-    images = 8 * h * w * 8
-    traces = 4 * t * k * n_tiles
-    return {"per_tile": per_tile, "tiles": tiles, "batch": batch, "images": images,
-            "traces": traces, "total": tiles + batch + images + traces}
