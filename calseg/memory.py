@@ -6,8 +6,9 @@ the defaults and only lowers the number of worker processes to what the machine'
 holds (results never depend on the number of workers). With ``max_memory`` (``--max-memory 4GB``)
 it lowers, in this order, until the estimated peak fits:
 
-1. the frames per batch of the streaming passes (motion correction, summary images), from 500
-   down to 32 — the summary images change very slightly with it, so run.json records it;
+1. the frames per batch of the streaming passes (motion correction, summary images, decay
+   time), from 500 down to 32 — the summary images change very slightly with it, so run.json
+   records it;
 2. the number of worker processes, down to 1;
 3. the tile side, from its default (6 cell diameters) down to the overlap plus one diameter,
    unless ``tile_size`` was set;
@@ -23,8 +24,9 @@ The model (bytes; ``F = H*W`` pixels per frame, ``P`` pixels per tile, ``b`` fra
     base      = PROCESS_BYTES                                 # interpreter, numpy, numba kernels
     images    = 200 F + 4 T nb                                # summary images, coarse traces
     motion    = 4 F (2 b_m + 150) + FFT_BYTES                 # only with motion correction
-    summary   = 4 F (3 b) + 8 F ceil(T / b)                   # batch copies, per-batch images
-    tau       = 8 F min(500, T)                               # only when the decay is estimated
+    summary   = 4 F (3 b) + 16 F ceil(T / b)                  # batch copies; per-batch noise
+                                                              # images, stacked for their median
+    tau       = 8 F min(b, T)                                 # only when the decay is estimated
     lambda    = LAMBDA_COPIES * 4 T P' + LAMBDA_PIXEL_BYTES P'  # noise polar, P' = min(P, 4096)
     tile      = TILE_COPIES * 4 T P + TILE_CHUNK_COPIES * 8 min(T, 1024) P + TILE_FIXED  # one tile
     tiles     = tile                       (1 worker, in this process)
@@ -65,8 +67,6 @@ NEURON_COVER = 0.3
 BATCHES = (500, 400, 300, 200, 150, 100, 64, 32)
 DEFAULT_SUMMARY_BATCH = 500
 DEFAULT_MOTION_BATCH = 200
-#: frames per batch of the decay-time estimate (fixed in :func:`calseg.summary.estimate_tau`)
-TAU_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ def estimate_peak(shape, *, tile_shape, workers=1, summary_batch=DEFAULT_SUMMARY
     b = min(summary_batch, T)
     out = {"base": PROCESS_BYTES, "images": 200 * F + 4 * T * nb}
     out["motion"] = 4 * F * (2 * min(motion_batch, T) + 150) + FFT_BYTES if motion else 0
-    out["summary"] = 4 * F * 3 * b + 8 * F * math.ceil(T / b)
-    out["tau"] = 8 * F * min(TAU_BATCH, T) if estimate_tau else 0
+    out["summary"] = 4 * F * 3 * b + 16 * F * math.ceil(T / b)
+    out["tau"] = 8 * F * b if estimate_tau else 0
     Pl = min(P, 4096)
     out["lambda"] = LAMBDA_COPIES * 4 * T * Pl + LAMBDA_PIXEL_BYTES * Pl
     out["tile"] = (TILE_COPIES * 4 * T * P + TILE_CHUNK_COPIES * 8 * min(T, TILE_CHUNK_FRAMES) * P
@@ -249,12 +249,14 @@ def plan_run(shape, *, settings, diameter: float, name: str = "recording", cpu_c
                     if size != size0:
                         changes.append(f"tile size {size0} -> {size} px")
                     return plan(size, workers, batch, changes)
-    least = estimate(sizes[-1], 1, BATCHES[-1])
-    need = max(least["peak"], PROCESS_BYTES + least["tile"]) if remote else least["peak"]
+    def need(est):
+        return max(est["peak"], PROCESS_BYTES + est["tile"]) if remote else est["peak"]
+
+    batch, least = min(((b, estimate(sizes[-1], 1, b)) for b in BATCHES), key=lambda x: need(x[1]))
     how = (f"1 worker, {sizes[-1]}-px tiles{' (--tile-size)' if tile_fixed else ''}, "
-           f"{BATCHES[-1]}-frame batches")
+           f"{batch}-frame batches")
     raise ConfigError(f"{name}: does not fit in max_memory {settings.max_memory}: {T} frames of "
-                      f"{H} x {W} need about {format_bytes(need)} even with {how}; "
+                      f"{H} x {W} need about {format_bytes(need(least))} even with {how}; "
                       f"raise --max-memory" + (" or lower --tile-size" if tile_fixed else ""))
 
 

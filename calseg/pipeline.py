@@ -166,7 +166,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     tau_source = "settings" if tau is not None else "estimated"
     seeds = find_seeds(summ.correlation, summ.peak, diameter)
     if tau is None:
-        tau = estimate_tau(movie, fps, summary=summ, seeds=seeds)
+        tau = estimate_tau(movie, fps, summary=summ, seeds=seeds, batch_size=plan.summary_batch)
         if rise is None:
             # the data rarely pin the rise down; GCaMP-family indicators rise in ~6% of their
             # decay time (it is dropped below a third of a frame)

@@ -221,8 +221,10 @@ def neuropil_atoms(summary: Summary, n_atoms: int, *, min_spread: float = 0.5) -
 
 
 def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: Summary | None = None,
-                 max_frames: int = 5000, seeds=None) -> float:
+                 max_frames: int = 5000, seeds=None, batch_size: int = 500) -> float:
     """Estimate the calcium decay time (s) from the autocovariance of the most active traces.
+
+    The movie is read in batches of ``batch_size`` whole frames (the memory it takes).
 
     For an exponentially decaying calcium process plus white noise, the autocovariance at lags
     k >= 1 is c·γ^k, free of the noise. For each trace (the 3x3 neighbourhood means around the
@@ -240,7 +242,7 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
         if seeds is not None and len(seeds):
             pts = np.asarray(seeds)[: n_pixels // 4]
             cols = []
-            for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32):
+            for _, X in movie.iter_batches(batch_size, stop=stop, dtype=np.float32):
                 block = np.empty((X.shape[0], len(pts)), np.float32)
                 for j, (r, c) in enumerate(pts):
                     block[:, j] = X[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean(axis=(1, 2))
@@ -249,7 +251,7 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
             score = summary.correlation if summary is not None else np.ones((H, W))
             flat = np.argsort(score.ravel())[::-1][:n_pixels]
             ys, xs = np.unravel_index(flat, (H, W))
-            cols = [X[:, ys, xs] for _, X in movie.iter_batches(500, stop=stop, dtype=np.float32)]
+            cols = [X[:, ys, xs] for _, X in movie.iter_batches(batch_size, stop=stop, dtype=np.float32)]
         traces = np.concatenate(cols, axis=0).astype(np.float64)
     traces = traces[np.all(np.isfinite(traces), axis=1)]
     T = traces.shape[0]

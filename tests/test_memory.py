@@ -140,8 +140,9 @@ def test_model_bounds_what_the_stages_allocate(monkeypatch):
     # the summary pass, two batch sizes
     calseg.summary.summarize(ArrayMovie(make_movie(shape=(16, 16), T=20)[0]), block=16)
     big = ArrayMovie(make_movie(shape=(96, 96), T=600, seed=2)[0])
-    for batch in (500, 64):
-        _, peak = _traced(calseg.summary.summarize, big, block=16, batch_size=batch)
+    for batch in (500, 64):  # with the peak image's binning and blur, as the pipeline asks
+        _, peak = _traced(calseg.summary.summarize, big, block=16, batch_size=batch, bin_frames=8,
+                          peak_sigma=2.0)
         est = estimate_peak((600, 96, 96), tile_shape=(32, 32), diameter=8.0, summary_batch=batch)
         assert peak <= est["summary"] + est["images"], (batch, peak, est)
 
