@@ -9,10 +9,11 @@ S2P_VENV ?= .venv-suite2p
 
 all: test
 
-$(STAMP): pyproject.toml
+# the dask extra is installed so that the test of --scheduler on a real LocalCluster runs
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,nwb]'
+	$(PY) -m pip install --quiet -e '.[test,nwb,dask]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -31,7 +32,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
-## bench: timings (prints figures; never asserts on time); BENCH_ARGS=--quick for a short run
+## bench: timings (prints figures; never asserts on time): micro-benchmarks, then calseg run (without
+## and with rigid motion correction) and Suite2p (without and with registration, when .venv-suite2p
+## exists) on 512x512 recordings of 1,000, 3,000 and 10,000 frames; BENCH_ARGS=--quick for a short
+## run, e.g. BENCH_ARGS="--no-micro --size 128x128 --frames 200,400"
 bench: $(STAMP)
 	$(PY) -m pip install --quiet condat-tv || echo "condat-tv not installable: C reference skipped"
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)

@@ -3,15 +3,24 @@
 Run as ``python benchmarks/bench.py`` (``make bench``) from the repository root::
 
     python benchmarks/bench.py [--quick] [--frames 1000,3000,10000] [--size 512x512]
-                               [--work DIR] [--no-micro] [--no-suite2p]
+                               [--work DIR] [--no-micro] [--no-suite2p] [--no-motion]
+                               [--max-memory SIZE]
+
+(``make bench BENCH_ARGS="--no-micro --size 128x128 --frames 200,400"`` for a short run.)
 
 1. ``bench_prox.main()`` and ``bench_solver.main()`` (micro-benchmarks, their own output).
 2. ``calseg simulate --preset standard`` recordings of 512 x 512 at 1,000, 3,000 and 10,000 frames
    (``--quick``: 256 x 256 at 500 and 1,000), cached in ``WORK/sim/`` (reused when present);
-   ``calseg run --workers 2 --motion-correction none`` on each as a subprocess: wall seconds, CPU
-   seconds (process + children), peak resident memory of the process tree, seconds per frame.
-3. Suite2p (``competitors/suite2p_runner.py`` in ``.venv-suite2p``) on the same files with and
-   without registration, when that environment exists, with the ratios Suite2p / calseg.
+   ``calseg run --workers 2`` on each as a subprocess, without motion correction and with rigid
+   motion correction (``--no-motion``: without only): wall seconds, CPU seconds (process +
+   children), peak resident memory of the process tree, seconds per frame.
+3. Suite2p (``competitors/suite2p_runner.py`` in ``.venv-suite2p``) on the same files without
+   and with registration, when that environment exists. The ratio columns compare each Suite2p
+   row with the calseg row doing the same work: Suite2p without registration / calseg without
+   motion correction, Suite2p with registration / calseg with rigid motion correction (> 1:
+   calseg is faster).
+4. Growth with length: each method's seconds per frame on the longest recording over that on
+   the shortest (the issue asks calseg to stay within 1.5x from 1,000 to 10,000 frames).
 
 Prints figures; never asserts on time. Rows are also written to ``WORK/bench.json``.
 """
@@ -34,11 +43,21 @@ _HEAD = [("method", "method", "{}"), ("movie", "movie", "{}"), ("wall_s", "wall 
          ("s_per_frame", "s/frame", "{:.4f}"), ("wall_ratio", "wall / calseg", "{:.2f}"),
          ("cpu_ratio", "CPU / calseg", "{:.2f}")]
 
+CALSEG = "calseg"
+CALSEG_RIGID = "calseg (rigid)"
+S2P_NOREG = "suite2p (no reg.)"
+S2P_REG = "suite2p"
+#: which calseg row each Suite2p row is compared with (the same work)
+_REFERENCE = {S2P_NOREG: CALSEG, S2P_REG: CALSEG_RIGID}
 
-def time_calseg(movie: Path, out_dir: Path, diameter: float) -> dict:
-    """``calseg run --workers 2 --motion-correction none`` on ``movie``; measurements (see run_measured)."""
+
+def time_calseg(movie: Path, out_dir: Path, diameter: float, *, motion: str = "none",
+                max_memory: str | None = None) -> dict:
+    """``calseg run --workers 2 --motion-correction MOTION`` on ``movie``; measurements (see run_measured)."""
     cmd = calseg_executable() + ["run", str(movie), "-o", str(out_dir), "--force", "--workers", "2",
-                                 "--motion-correction", "none", "--cell-diameter", f"{diameter:g}", "--no-report"]
+                                 "--motion-correction", motion, "--cell-diameter", f"{diameter:g}", "--no-report"]
+    if max_memory:
+        cmd += ["--max-memory", max_memory]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return run_measured(cmd, log_path=out_dir.parent / f"{out_dir.name}.log")
 
@@ -66,8 +85,10 @@ def _row(method, movie, n_frames, meas, ref=None) -> dict:
     return row
 
 
-def bench_pipeline(size, frame_counts, work: Path, *, suite2p: bool = True) -> list:
-    """Timing rows of calseg (and Suite2p with / without registration) per movie length."""
+def bench_pipeline(size, frame_counts, work: Path, *, suite2p: bool = True, motion: bool = True,
+                   max_memory: str | None = None) -> list:
+    """Timing rows of calseg (without and with rigid motion correction) and Suite2p (without and
+    with registration) per movie length."""
     rows = []
     have_s2p = suite2p and S2P_PYTHON.exists()
     if suite2p and not have_s2p:
@@ -80,17 +101,36 @@ def bench_pipeline(size, frame_counts, work: Path, *, suite2p: bool = True) -> l
             continue
         movie = sim_dir / "movie.tif"
         name = f"{size[0]}x{size[1]}x{n}"
-        print(f"  calseg run {name} ...", flush=True)
-        ref = _row("calseg", name, n, time_calseg(movie, work / "runs" / name / "calseg", params["cell_diameter"]))
-        rows.append(ref)
+        refs = {}
+        for label, mode in ((CALSEG, "none"), (CALSEG_RIGID, "rigid")):
+            if mode == "rigid" and not motion:
+                continue
+            print(f"  {label} {name} ...", flush=True)
+            out = work / "runs" / name / ("calseg" if mode == "none" else "calseg_rigid")
+            refs[label] = _row(label, name, n, time_calseg(movie, out, params["cell_diameter"], motion=mode,
+                                                           max_memory=max_memory))
+            rows.append(refs[label])
         if have_s2p:
-            for reg in (False, True):
-                label = "suite2p" + ("" if reg else " (no reg.)")
+            for label, reg in ((S2P_NOREG, False), (S2P_REG, True)):
                 print(f"  {label} {name} ...", flush=True)
                 meas = time_suite2p(movie, work / "runs" / name / ("suite2p_reg" if reg else "suite2p_noreg"),
                                     params["fps"], params["cell_diameter"], reg)
-                rows.append(_row(label, name, n, meas, ref))
+                rows.append(_row(label, name, n, meas, refs.get(_REFERENCE[label])))
     return rows
+
+
+def growth(rows) -> dict:
+    """Per method: seconds per frame on its longest recording / on its shortest (None if either failed)."""
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and r.get("n_frames")]
+        if len(mine) < 2:
+            continue
+        short, long = min(mine, key=lambda r: r["n_frames"]), max(mine, key=lambda r: r["n_frames"])
+        ok = short.get("s_per_frame") and long.get("s_per_frame")
+        out[method] = {"from_frames": short["n_frames"], "to_frames": long["n_frames"],
+                       "ratio": long["s_per_frame"] / short["s_per_frame"] if ok else None}
+    return out
 
 
 def main(argv=None) -> dict:
@@ -103,6 +143,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK, help=f"work folder (default {DEFAULT_WORK})")
     ap.add_argument("--no-micro", action="store_true", help="skip bench_prox / bench_solver")
     ap.add_argument("--no-suite2p", action="store_true", help="calseg rows only")
+    ap.add_argument("--no-motion", action="store_true", help="no calseg run with rigid motion correction")
+    ap.add_argument("--max-memory", help="pass --max-memory SIZE to calseg run (e.g. 4GB)")
     args = ap.parse_args(argv)
     size = (256, 256) if args.quick else (512, 512)
     if args.size:
@@ -130,12 +172,21 @@ def main(argv=None) -> dict:
         out["solver"] = bench_solver.main()
         print(f"(micro-benchmarks: {time.perf_counter() - t0:.0f} s)\n", flush=True)
     print(f"calseg run vs Suite2p: {size[0]}x{size[1]}, frames {frames}, work folder {work}", flush=True)
-    rows = bench_pipeline(size, frames, work, suite2p=not args.no_suite2p)
+    rows = bench_pipeline(size, frames, work, suite2p=not args.no_suite2p, motion=not args.no_motion,
+                          max_memory=args.max_memory)
     print()
     print(format_table(rows, _HEAD))
-    (work / "bench.json").write_text(json.dumps(rows, indent=1))
+    print("ratios: Suite2p without registration / calseg without motion correction; Suite2p with "
+          "registration / calseg with rigid motion correction (> 1: calseg is faster)")
+    grow = growth(rows)
+    if grow:
+        print("time per frame, longest / shortest recording: " + ", ".join(
+            f"{m} {g['ratio']:.2f}x ({g['from_frames']} -> {g['to_frames']} frames)" if g["ratio"] else f"{m} -"
+            for m, g in grow.items()))
+    (work / "bench.json").write_text(json.dumps({"rows": rows, "growth": grow}, indent=1))
     print(f"\nrows written to {work}/bench.json")
     out["pipeline"] = rows
+    out["growth"] = grow
     return out
 
 

@@ -102,3 +102,27 @@ def test_background_atoms_grow_with_the_recording_length():
     import numpy as np
     _, info = deconvolve(np.random.default_rng(0).standard_normal((3000, 1)), 10.0, tau=1.0)
     assert info[0]["n_background"] == background_atoms(3000, 10.0) == 31
+
+
+def test_bench_pairs_each_suite2p_row_with_the_same_work_and_reports_growth():
+    bench = pytest.importorskip("bench")
+
+    def meas(wall, cpu=1.0):
+        return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": 100.0, "returncode": 0, "tail": ""}
+
+    rows = []
+    for n, scale in ((1000, 1.0), (10000, 12.0)):
+        ref = {m: bench._row(m, f"x{n}", n, meas(w * scale)) for m, w in
+               ((bench.CALSEG, 10.0), (bench.CALSEG_RIGID, 20.0))}
+        rows += list(ref.values())
+        for label in (bench.S2P_NOREG, bench.S2P_REG):
+            rows.append(bench._row(label, f"x{n}", n, meas(40.0 * scale), ref[bench._REFERENCE[label]]))
+    by = {(r["method"], r["n_frames"]): r for r in rows}
+    assert by[(bench.S2P_NOREG, 1000)]["wall_ratio"] == pytest.approx(4.0)  # vs calseg without motion
+    assert by[(bench.S2P_REG, 1000)]["wall_ratio"] == pytest.approx(2.0)    # vs calseg with rigid motion
+    assert by[(bench.CALSEG, 1000)]["s_per_frame"] == pytest.approx(0.01)
+    g = bench.growth(rows)
+    assert g[bench.CALSEG] == {"from_frames": 1000, "to_frames": 10000, "ratio": pytest.approx(1.2)}
+    assert set(g) == {bench.CALSEG, bench.CALSEG_RIGID, bench.S2P_NOREG, bench.S2P_REG}
+    failed = bench._row(bench.CALSEG, "x", 500, dict(meas(5.0), returncode=1))
+    assert bench.growth([failed, by[(bench.CALSEG, 1000)]])[bench.CALSEG]["ratio"] is None
