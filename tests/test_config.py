@@ -24,7 +24,8 @@ def test_toml_overrides_and_unknown_keys(tmp_path):
 @pytest.mark.parametrize("key,value,words", [
     ("fps", -1, "must be > 0"), ("connectivity", 6, "allowed: 4, 8"), ("spatial", (1, 1), "3 numbers"),
     ("temporal", (0, 0), "must be > 0"), ("max_memory", "lots", "memory size"), ("tol", 0, "> 0"),
-    ("indicator", "gcamp99", "unknown"), ("certify", "yes", "true or false")])
+    ("indicator", "gcamp99", "unknown"), ("certify", "yes", "true or false"),
+    ("scheduler", "tcp://host :8786", "scheduler address"), ("scheduler", 8786, "scheduler address")])
 def test_bad_values_name_key_value_and_rule(key, value, words):
     with pytest.raises(ConfigError) as info:
         Settings().replace(**{key: value})
