@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from calseg.certify._kernels import bisect_fq
+from calseg.certify._kernels import bisect_fq, bisect_fq_serial
 
 
 def _shrink(U, thr, nonneg):
@@ -34,9 +34,10 @@ def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, floor, prune):
     return r, lft, good
 
 
+@pytest.mark.parametrize("kernel", [bisect_fq, bisect_fq_serial])
 @pytest.mark.parametrize("nonneg", [True, False])
 @pytest.mark.parametrize("prune", [False, True])
-def test_bisect_fq_matches_twin(nonneg, prune):
+def test_bisect_fq_matches_twin(nonneg, prune, kernel):
     rng = np.random.default_rng(7)
     n, m = 50, 12
     V = rng.standard_normal((n, m))
@@ -47,7 +48,7 @@ def test_bisect_fq_matches_twin(nonneg, prune):
     lo = np.full(m, 0.0)
     floor = float(np.median(hi)) if prune else -1.0
     r, lft, good = hi.copy(), lo.copy(), np.empty(m, np.bool_)
-    bisect_fq(np.ascontiguousarray(V.T), np.ascontiguousarray(D.T), r, lft, a, b, nonneg, tol,
+    kernel(np.ascontiguousarray(V.T), np.ascontiguousarray(D.T), r, lft, a, b, nonneg, tol,
               floor, prune, good)
     r2, l2, g2 = bisect_fq_twin(V, D, hi, lo, a, b, nonneg, tol, floor, prune)
     np.testing.assert_array_equal(good, g2)

@@ -528,7 +528,7 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     ``hi0`` optionally gives precomputed upper bounds (e.g. the no-TV dual norms).
     Returns ``(lo, hi, X, best)`` with ``X`` the best feasible maximisers (``h(x) = 1``).
     """
-    from calseg.certify._kernels import bisect_fq
+    from calseg.certify._kernels import bisect_fq, bisect_fq_serial
 
     a, b, c = _weights(norm)
     nonneg = bool(norm.nonnegative)
@@ -587,7 +587,8 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
         r = hi[act].copy()
         lft = np.minimum(lo[act], r)
         good = np.empty(act.size, dtype=np.bool_)
-        bisect_fq(np.ascontiguousarray(Va.T), np.ascontiguousarray(D.T), r, lft, float(a), float(b),
+        kernel = bisect_fq if act.size >= 32 else bisect_fq_serial
+        kernel(np.ascontiguousarray(Va.T), np.ascontiguousarray(D.T), r, lft, float(a), float(b),
                   nonneg, float(tol), float(best) if np.isfinite(best) else -1.0, bool(prune), good)
         width_old = hi[act] - lo[act]
         hi[act] = np.where(good, np.minimum(hi[act], r), hi[act])
