@@ -585,13 +585,14 @@ def _render(root: Path, p: dict, cmd: str, progress) -> None:  # noqa: C901 - on
     r_cells = np.random.default_rng(s_cells)
     r_kin = np.random.default_rng(s_kin)
 
-    # Motion first: it decides the canvas padding.
+    # The canvas is padded by the largest shift the motion model allows, with or without motion,
+    # so that the same seed gives the same cells, activity and background either way (the
+    # motion-free recording is the reference of the moving one).
     shifts = None
-    pad = 0
+    pad = int(math.ceil(p["motion_max_px"])) + 2
     if p["motion"]:
         shifts = _motion(np.random.default_rng(s_motion), T, fps, p["motion_step_px"],
                          p["motion_tau_s"], p["jump_rate_hz"], p["jump_px"], p["motion_max_px"])
-        pad = int(math.ceil(np.abs(shifts).max())) + 2
     Hc, Wc = H + 2 * pad, W + 2 * pad
     sig = p["psf_sigma"]
 
@@ -739,6 +740,8 @@ def _render(root: Path, p: dict, cmd: str, progress) -> None:  # noqa: C901 - on
                 fr = lam[i]
                 if shifts is not None:
                     fr = nd_shift(fr, shifts[t], order=1, mode="nearest")[pad:pad + H, pad:pad + W]
+                else:
+                    fr = np.ascontiguousarray(fr[pad:pad + H, pad:pad + W])
                 np.maximum(fr, 0, out=fr)
                 rng = np.random.default_rng([*noise_key, t])
                 adu = rng.poisson(fr).astype(np.float32) * gain

@@ -77,9 +77,15 @@ def roi_stats(Y, masks, fps):
 
 
 def photon_transfer(Y):
-    """Fit per-pixel temporal variance (from frame differences) = slope * mean + intercept."""
+    """Fit per-pixel temporal variance (from frame differences) = slope * mean + intercept.
+
+    The variance is a robust one (MAD of the differences), so that the rare large differences
+    at transient onsets do not inflate it; it depends on the noise model, not on the activity.
+    """
     mean = Y.mean(0).ravel()
-    var = (np.diff(Y, axis=0).var(0) / 2).ravel()
+    d = np.diff(Y, axis=0)
+    mad = np.median(np.abs(d - np.median(d, axis=0)), axis=0)
+    var = ((mad / 0.6745) ** 2 / 2).ravel()
     slope, intercept = np.polyfit(mean, var, 1)
     return slope, intercept
 
