@@ -77,7 +77,8 @@ def test_uncompressed_movie_is_read_in_place(tmp_path):
     assert not cache_folder(tmp_path / "out").exists()
 
 
-def test_no_room_for_the_cache_is_an_output_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep", [False, True])
+def test_no_room_for_the_cache_is_an_output_error(tmp_path, monkeypatch, keep):
     import shutil
     from collections import namedtuple
 
@@ -85,9 +86,9 @@ def test_no_room_for_the_cache_is_an_output_error(tmp_path, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 6, 10 ** 6, 1000))
     with pytest.raises(OutputError, match=r"no room for the raw cache of .*zlib.tif: it needs"):
-        with tile_cache(read_movie(tmp_path / "zlib.tif"), tmp_path / "out", n_tiles=4):
+        with tile_cache(read_movie(tmp_path / "zlib.tif"), tmp_path / "out", n_tiles=4, keep=keep):
             pass
-    assert not cache_folder(tmp_path / "out").exists()
+    assert not cache_folder(tmp_path / "out").exists()  # nothing half-made is kept
 
 
 def test_run_keep_cache_through_the_cli(tmp_path, monkeypatch):

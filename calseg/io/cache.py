@@ -82,10 +82,9 @@ def tile_cache(movie, out, *, n_tiles: int, keep: bool = False, progress=None):
     finally:
         if cached is not None:
             cached.close()
-        if keep:
-            if cached is not None:
-                log.info("raw cache kept: %s", folder)
-        else:
+        if keep and cached is not None:
+            log.info("raw cache kept: %s", folder)
+        else:  # not asked for, or never completed
             shutil.rmtree(folder, ignore_errors=True)
 
 
