@@ -17,6 +17,7 @@ from scipy import ndimage
 from calseg.errors import ConfigError, InputError
 from calseg.motion import ArrayMovie, CorrectedMovie, MotionEstimate, estimate_motion
 from calseg.motion._phasecorr import _evaluate, locate_peaks, reference_filter, spatial_taper
+from calseg.motion._smooth import random_walk_noise, smooth_random_walk
 from calseg.motion.estimate import _read_smoothed
 
 
@@ -112,6 +113,72 @@ def test_running_mean_does_not_depend_on_the_split():
     data = movie.read().astype(np.float64)
     for t in (0, 1, 11, 22):
         np.testing.assert_allclose(whole[t], data[max(0, t - 2) : t + 3].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# temporal smoothing
+# ------------------------------------------------------------------------------------------
+
+
+def _posterior_mean(z, q, r):
+    """Random-walk-plus-noise posterior mean with a flat prior: solve (I/r + D'D/q) x = z/r."""
+    T = z.size
+    D = np.diff(np.eye(T), axis=0)
+    return np.linalg.solve(np.eye(T) / r + D.T @ D / q, z / r)
+
+
+def test_smoother_equals_the_posterior_mean_without_jumps():
+    rng = np.random.default_rng(20)
+    z = np.cumsum(rng.normal(0, 0.15, (120, 2)), axis=0) + rng.normal(0, 0.3, (120, 2))
+    q, r = np.array([0.02, 0.03]), np.array([0.09, 0.05])
+    out, jumps = smooth_random_walk(z, q, r, jump_sigmas=np.inf)
+    assert jumps == 0
+    for k in range(2):
+        np.testing.assert_allclose(out[:, k], _posterior_mean(z[:, k], q[k], r[k]), atol=1e-9)
+
+
+def test_noise_and_motion_variances_are_recovered_and_smoothing_reaches_its_bound():
+    rng = np.random.default_rng(21)
+    T, q, r = 4000, 0.15**2, 0.3**2
+    x = np.cumsum(rng.normal(0, np.sqrt(q), (T, 2)), axis=0)
+    z = x + rng.normal(0, np.sqrt(r), (T, 2))
+    q_hat, r_hat = random_walk_noise(z)
+    np.testing.assert_allclose(q_hat, q, rtol=0.2)
+    np.testing.assert_allclose(r_hat, r, rtol=0.1)
+    out, _ = smooth_random_walk(z, q_hat, r_hat)
+    # steady-state smoother variance of the local-level model
+    p = (q + np.sqrt(q * q + 4 * q * r)) / 2
+    pf = p * r / (p + r)
+    j = pf / p
+    bound = (pf - j * j * p) / (1 - j * j)
+    err = np.sqrt(np.mean((out - x) ** 2, axis=0))
+    assert np.all(err < 1.05 * np.sqrt(bound)) and np.all(err < 0.5 * np.sqrt(r))
+
+
+def test_a_jump_is_followed_not_smeared():
+    rng = np.random.default_rng(22)
+    x = np.cumsum(rng.normal(0, 0.05, (300, 2)), axis=0)
+    x[150:] += [4.0, -3.0]
+    z = x + rng.normal(0, 0.3, x.shape)
+    q, r = random_walk_noise(z)
+    robust, jumps = smooth_random_walk(z, q, r)
+    plain, _ = smooth_random_walk(z, q, r, jump_sigmas=np.inf)
+    assert jumps >= 1
+    near = slice(145, 155)
+    assert np.abs(robust[near] - x[near]).max() < 0.8
+    assert np.abs(plain[near] - x[near]).max() > 1.0  # what the jump test prevents
+
+
+def test_an_upper_bound_on_the_noise_keeps_fast_motion():
+    # white motion with tiny noise looks like noise around a constant to the series alone
+    rng = np.random.default_rng(23)
+    x = rng.normal(0, 2.0, (200, 2))
+    z = x + rng.normal(0, 0.01, x.shape)
+    q, r = random_walk_noise(z)
+    assert np.all(r > 1.0)  # the series alone misreads the motion as noise
+    q, r = random_walk_noise(z, max_noise=np.full(2, 1e-4))
+    out, _ = smooth_random_walk(z, q, r)
+    assert np.abs(out - x).max() < 0.05
 
 
 # ------------------------------------------------------------------------------------------
