@@ -16,7 +16,14 @@ from scipy import ndimage
 
 from calseg.errors import ConfigError, InputError
 from calseg.motion import ArrayMovie, CorrectedMovie, MotionEstimate, estimate_motion
-from calseg.motion._phasecorr import _evaluate, locate_peaks, reference_filter, spatial_taper
+from calseg.motion._phasecorr import (
+    _evaluate,
+    locate_peaks,
+    matched_filter,
+    reference_filter,
+    shifted_tapers,
+    spatial_taper,
+)
 from calseg.motion._smooth import random_walk_noise, smooth_random_walk
 from calseg.motion.estimate import _read_smoothed
 
@@ -98,6 +105,35 @@ def test_peak_of_exact_fourier_shift_is_found_to_a_hundredth_of_a_pixel():
     np.testing.assert_allclose(found, truth, atol=0.01)
 
 
+def test_matched_filter_is_cross_correlation_for_white_noise_and_finds_exact_shifts():
+    rng = np.random.default_rng(1)
+    img = ndimage.gaussian_filter(rng.standard_normal((64, 64)), 2.0, mode="wrap")
+    ones = np.ones((64, 64), np.float32)
+    white = np.full((64, 33), 7.0)
+    filt, energy = matched_filter(img, ones, white)
+    plain = np.conj(np.fft.rfft2(img - img.mean())) / 7.0
+    plain[0, 0] = 0.0
+    np.testing.assert_allclose(filt, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+    assert energy == pytest.approx(np.sum(np.fft.irfft2(plain, s=(64, 64)) ** 2), rel=1e-5)
+    # a reference averaged over n frames is shrunk (Wiener) where it is mostly noise
+    shrunk, _ = matched_filter(img, ones, white, n_average=4)
+    assert np.all(np.abs(shrunk) <= np.abs(filt) + 1e-6)
+    truth = rng.uniform(-6, 6, (20, 2))
+    ky = np.fft.fftfreq(64)[:, None]
+    kx = np.fft.fftfreq(64)[None, :]
+    frames = np.stack(
+        [np.real(ifft2(fft2(img) * np.exp(-2j * np.pi * (ky * sy + kx * sx)))) for sy, sx in truth]
+    ).astype(np.float32)
+    cross = np.fft.rfft2(frames - frames.mean(axis=(1, 2), keepdims=True)) * filt
+    found, _ = locate_peaks(cross.astype(np.complex64), (64, 64), (8, 8), 10)
+    np.testing.assert_allclose(found, truth, atol=0.01)
+    # no noise measured at all (a blank residual): floored, still plain cross-correlation
+    floored, _ = matched_filter(img, ones, np.zeros((64, 33)))
+    np.testing.assert_allclose(floored / np.abs(floored).max(), filt / np.abs(filt).max(), atol=1e-5)
+    blank, e0 = matched_filter(np.zeros((64, 64)), ones, np.zeros((64, 33)))
+    assert not np.any(blank) and e0 == 0.0
+
+
 def test_spatial_taper_is_one_inside_and_small_at_the_edges():
     t = spatial_taper((64, 48), 3.0)
     assert t.shape == (64, 48) and t.dtype == np.float32
@@ -113,6 +149,16 @@ def test_running_mean_does_not_depend_on_the_split():
     data = movie.read().astype(np.float64)
     for t in (0, 1, 11, 22):
         np.testing.assert_allclose(whole[t], data[max(0, t - 2) : t + 3].mean(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_taper_is_the_taper_moved_by_the_offset():
+    base = spatial_taper((40, 50), 2.0)
+    moved = shifted_tapers((40, 50), 2.0, np.array([[0.0, 0.0], [3.0, -2.0], [0.4, 0.7]]))
+    assert moved.shape == (3, 40, 50) and moved.dtype == np.float32
+    np.testing.assert_allclose(moved[0], base, atol=1e-7)
+    np.testing.assert_allclose(moved[1][5:-5, 5:-5], base[2:-8, 7:-3], atol=1e-6)  # T(p - (3, -2))
+    inner = (slice(4, -4), slice(4, -4))
+    np.testing.assert_allclose(moved[2][inner], ndimage.shift(base, (0.4, 0.7), order=3)[inner], atol=2e-3)
 
 
 # ------------------------------------------------------------------------------------------

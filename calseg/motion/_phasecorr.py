@@ -1,4 +1,4 @@
-"""Registration primitives: edge taper, reference filter, cross-power spectra, sub-pixel peaks.
+"""Registration primitives: edge tapers, reference filters, cross-power spectra, sub-pixel peaks.
 
 Every function works on a stack of images at once (a leading batch axis) and treats each image
 independently, so results do not depend on how frames are grouped into batches.
@@ -18,6 +18,13 @@ from scipy import fft as sfft
 _WORKERS = 1  # scipy.fft threads; stays 1 so that tile/worker parallelism upstream is not oversubscribed
 
 
+def _taper_axis(n, slope, centre=0.0):
+    """Sigmoid taper along an axis of ``n`` px, its middle moved by ``centre`` (broadcasts)."""
+    x = np.abs(np.arange(n, dtype=np.float64) - centre - (n - 1) / 2.0)
+    edge = max(n / 2.0 - 3.0 * slope, 0.25 * n)
+    return 1.0 / (1.0 + np.exp((x - edge) / slope))
+
+
 def spatial_taper(shape, slope):
     """Smooth edge taper: product of two sigmoids, ~0.05 at each edge, ~0.5 at ``3 slope`` px from it.
 
@@ -31,13 +38,30 @@ def spatial_taper(shape, slope):
     -------
     ndarray of shape (H, W), float32, values in (0, 1)
     """
+    return (_taper_axis(shape[0], slope)[:, None] * _taper_axis(shape[1], slope)[None, :]).astype(np.float32)
 
-    def axis(n):
-        x = np.abs(np.arange(n, dtype=np.float64) - (n - 1) / 2.0)
-        edge = max(n / 2.0 - 3.0 * slope, 0.25 * n)
-        return 1.0 / (1.0 + np.exp((x - edge) / slope))
 
-    return (axis(shape[0])[:, None] * axis(shape[1])[None, :]).astype(np.float32)
+def shifted_tapers(shape, slope, offsets):
+    """:func:`spatial_taper` moved by a (sub-pixel) offset per image: ``T_b(p) = T(p - offsets[b])``.
+
+    A frame whose content is the reference moved by ``s`` and which is tapered by ``T(p - s)``
+    equals the tapered reference moved by ``s``, so its correlation peak is not pulled towards
+    the taper's centre (which a fixed taper does, in proportion to the displacement).
+
+    Parameters
+    ----------
+    shape : tuple of int (H, W)
+    slope : float
+    offsets : ndarray of shape (B, 2)
+
+    Returns
+    -------
+    ndarray of shape (B, H, W), float32
+    """
+    offsets = np.asarray(offsets, dtype=np.float64)
+    ty = _taper_axis(shape[0], slope, offsets[:, :1]).astype(np.float32)  # (B, H)
+    tx = _taper_axis(shape[1], slope, offsets[:, 1:]).astype(np.float32)  # (B, W)
+    return ty[:, :, None] * tx[:, None, :]
 
 
 def gaussian_lowpass(shape, sigma):
@@ -92,18 +116,21 @@ def reference_filter(reference, taper, sigma, whitening=0.5):
     eps = 1e-6 * float(mag.max()) + np.finfo(np.float64).tiny
     filt = np.conj(spec) / (mag + eps) ** whitening * gaussian_lowpass(ref.shape, sigma)
     filt[0, 0] = 0.0
-    n_pix = ref.shape[0] * ref.shape[1]
-    energy = float(np.sum(_half_weights(ref.shape[1]) * np.abs(filt) ** 2) / n_pix)
-    return filt.astype(np.complex64), energy
+    return filt.astype(np.complex64), filter_energy(filt, ref.shape[1])
 
 
-def frame_spectra(frames, taper):
+def frame_spectra(frames, taper, *, weighted_mean=False):
     """``rfft2`` of each mean-removed, tapered frame.
 
     Parameters
     ----------
     frames : ndarray of shape (B, H, W), float32
-    taper : ndarray of shape (H, W)
+    taper : ndarray of shape (H, W) or (B, H, W)
+        One taper for all frames, or one per frame.
+    weighted_mean : bool
+        Remove the taper-weighted mean (which leaves no constant times the taper, so a uniform
+        brightness change cannot add a taper-shaped bump to the correlation) instead of the
+        plain mean.
 
     Returns
     -------
@@ -112,11 +139,75 @@ def frame_spectra(frames, taper):
         Squared norm of each tapered frame (Parseval), for normalised scores.
     """
     frames = np.asarray(frames, dtype=np.float32)
-    centred = frames - frames.mean(axis=(1, 2), dtype=np.float64)[:, None, None].astype(np.float32)
+    taper = np.asarray(taper, dtype=np.float32)
+    if weighted_mean:
+        tb = np.broadcast_to(taper, frames.shape)
+        w = tb.sum(axis=(1, 2), dtype=np.float64)
+        mean = np.einsum("bij,bij->b", frames, tb, dtype=np.float64) / np.where(w > 0, w, 1.0)
+    else:
+        mean = frames.mean(axis=(1, 2), dtype=np.float64)
+    centred = frames - mean[:, None, None].astype(np.float32)
     centred *= taper
     energy = np.einsum("bij,bij->b", centred, centred, dtype=np.float64)
     spectra = sfft.rfft2(centred, workers=_WORKERS)
     return spectra, energy
+
+
+def filter_energy(filt, width):
+    """``||irfft2(filt)||^2`` (Parseval) of a filter in rfft2 layout for frames ``width`` wide."""
+    n_pix = filt.shape[0] * width
+    return float(np.sum(_half_weights(width) * np.abs(filt) ** 2) / n_pix)
+
+
+def matched_filter(reference, taper, noise_power, n_average=None):
+    """Noise-matched (maximum-likelihood) conjugate reference spectrum.
+
+    ``W(k) = conj(R(k)) w(k) / N(k)`` with ``R = rfft2(taper * (ref - mean))``, ``N`` the power
+    spectrum of what is left of a registered frame once the moved reference is taken away
+    (shot and read noise, activity, neuropil: all that is not motion), and the Wiener factor
+    ``w = S / (S + N / n)``, ``S = max(|R|^2 - N / n, 0)``, for a reference averaged over
+    ``n`` frames (``w = 1`` when ``n_average`` is None: a reference taken as exact). For
+    Gaussian noise of spectrum ``N`` and an exact reference, the maximum of the correlation
+    with ``W`` is the maximum-likelihood displacement; the Wiener factor keeps frequencies at
+    which the reference itself is mostly noise from adding their noise to the peak.
+
+    Parameters
+    ----------
+    reference : ndarray of shape (H, W)
+    taper : ndarray of shape (H, W)
+    noise_power : ndarray of shape (H, W // 2 + 1)
+        Mean ``|rfft2|^2`` of the tapered residuals, the same taper.
+    n_average : float, optional
+        Number of frames averaged into the reference.
+
+    Returns
+    -------
+    filt : ndarray of shape (H, W // 2 + 1), complex64
+        DC term 0; all zeros when the reference and the noise are blank. The noise is floored
+        at ``1e-3`` of the mean ``|R|^2`` (per-pixel SNR capped at 30 dB), so that noise-free
+        data get plain cross-correlation.
+    energy : float
+        ``||irfft2(W)||^2`` (for normalised scores).
+    """
+    ref = np.asarray(reference, dtype=np.float64)
+    spec = sfft.rfft2((ref - ref.mean()) * taper, workers=_WORKERS)
+    power = np.abs(spec) ** 2
+    # a floor of 1e-3 of the mean signal power per frequency (a 30 dB cap on the per-pixel SNR):
+    # on (nearly) noise-free data the residual spectrum is interpolation error, not noise, and
+    # the filter becomes plain cross-correlation instead of amplifying that error
+    floor = 1e-3 * float(power.mean())
+    noise = np.maximum(np.asarray(noise_power, dtype=np.float64), floor)
+    if not float(noise.max()) > 0:
+        return np.zeros(spec.shape, dtype=np.complex64), 0.0
+    if n_average is None:
+        wiener = 1.0
+    else:
+        ref_noise = noise / float(n_average)
+        signal = np.maximum(power - ref_noise, 0.0)
+        wiener = signal / (signal + ref_noise)
+    filt = np.conj(spec) * wiener / noise
+    filt[0, 0] = 0.0
+    return filt.astype(np.complex64), filter_energy(filt, ref.shape[1])
 
 
 def _evaluate(cross, shape, centres, offsets):
