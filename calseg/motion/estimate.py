@@ -1,8 +1,10 @@
-"""Rigid and piecewise-rigid motion estimation by whitened sub-pixel cross-correlation.
+"""Rigid and piecewise-rigid motion estimation by sub-pixel cross-correlation.
 
 One entry point, :func:`estimate_motion`, streams the movie in batches (memory bounded by the
 batch and frame sizes, never by the number of frames) and returns a frozen
-:class:`MotionEstimate`.
+:class:`MotionEstimate`: a first pass against a reference built from a sample of frames, a
+refined pass of single frames against the whole-recording reference with a noise-matched
+filter, and a robust temporal smoother of the refined shifts.
 """
 from __future__ import annotations
 
@@ -14,16 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage
 
 from calseg.errors import ConfigError, InputError, OutputError
 from calseg.motion._phasecorr import (
     frame_spectra,
     locate_peaks,
+    matched_filter,
     refine_peaks,
     reference_filter,
+    shifted_tapers,
     spatial_taper,
 )
+from calseg.motion._smooth import random_walk_noise, smooth_random_walk
 from calseg.motion.array_movie import _axis_bounds, as_movie
 
 __all__ = ["MotionEstimate", "estimate_motion"]
@@ -32,8 +38,13 @@ log = logging.getLogger(__name__)
 
 _CHUNK_PIXELS = 1 << 22  # pixels per FFT chunk: bounds the temporaries (~64 MB at 512 x 512)
 _MAX_SHIFT_CAP = 50
-_NOISE_TARGET = 0.07  # px: per-axis shift noise the automatic temporal window aims for
 _MAX_AUTO_WINDOW = 9
+_NOISE_SAMPLE = 128  # frames sampled to measure the residual (noise) spectrum for the refined pass
+_SPLIT_SAMPLE = 128  # frames registered as two halves to measure the refined per-frame noise
+# Edge taper ramp of the refined pass, px. The matched filter needs no low-pass, so the taper only
+# has to hide the frame edges; 2 px keeps more of the frame than the first pass's 3 sigma (3.45 px):
+# 0.198 -> 0.193 px RMS on hard 128 x 128 x 1000 seed 21 (0.196 -> 0.195 seed 23).
+_FINE_TAPER_SLOPE = 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +95,8 @@ class MotionEstimate:
     max_shift : int
         Rigid search half-width in pixels along each axis.
     temporal_window : int
-        Number of consecutive frames averaged (centred running mean) before registration.
+        Number of consecutive frames averaged (centred running mean) before the first-pass
+        registration.
     block_shifts : ndarray of shape (T, nby, nbx, 2) or None
         Piecewise mode: total displacement to apply (rigid + residual) at each block centre.
     block_centres : tuple of (ndarray (nby,), ndarray (nbx,)) or None
@@ -267,15 +279,18 @@ def _block_grid(size, block, overlap):
 # --------------------------------------------------------------------------------------------
 
 
-def _read_smoothed(movie, start, stop, window):
+def _read_smoothed(movie, start, stop, window, *, with_raw=False):
     """Frames ``start:stop`` as float32, each the mean of the ``window`` frames centred on it.
 
     Near the ends of the recording fewer frames are averaged. The summation order is fixed per
-    output frame, so the result does not depend on how the caller splits the range.
+    output frame, so the result does not depend on how the caller splits the range. With
+    ``with_raw`` the unsmoothed frames ``start:stop`` are returned too, as ``(raw, smoothed)``
+    (the same array when ``window == 1``).
     """
     T = movie.shape[0]
     if window <= 1:
-        return np.asarray(movie.read(start, stop, dtype=np.float32), dtype=np.float32)
+        out = np.asarray(movie.read(start, stop, dtype=np.float32), dtype=np.float32)
+        return (out, out) if with_raw else out
     h = window // 2
     lo, hi = max(0, start - h), min(T, stop + h)
     ext = np.asarray(movie.read(lo, hi, dtype=np.float32), dtype=np.float32)
@@ -289,6 +304,8 @@ def _read_smoothed(movie, start, stop, window):
             out[a - start : b - start] += ext[a + j - lo : b + j - lo]
             count[a - start : b - start] += 1
     out /= count[:, None, None]
+    if with_raw:
+        return ext[start - lo : stop - lo], out  # a view: no memory beyond the read itself
     return out
 
 
@@ -374,6 +391,120 @@ def _move_back(frames, offsets):
         out[i] = src.mean(dtype=np.float64) if src.size else frames[i].mean(dtype=np.float64)
         out[i, yd, xd] = src
     return out
+
+
+class _Refined:
+    """Registration of single frames against a whole-recording reference with a matched filter.
+
+    Used by the second pass: every frame is first moved back by the integer part of its
+    first-pass displacement (uncovered pixels get the frame mean) and tapered by the taper moved
+    by the sub-pixel remainder, so the frame's taper sits where the reference's taper sits on
+    the frame's content and does not pull the peak; the correlation uses the noise-matched
+    filter of :func:`~calseg.motion._phasecorr.matched_filter`.
+    """
+
+    def __init__(self, reference, noise_power, n_average, params, max_shift):
+        self.shape = reference.shape
+        self.slope = _FINE_TAPER_SLOPE
+        self.taper = spatial_taper(self.shape, self.slope)
+        self.filt, self.energy = matched_filter(reference, self.taper, noise_power, n_average)
+        self.max_shift = max_shift
+        self.upsample = params.upsample
+
+    def _once(self, frames, start):
+        o = np.rint(start).astype(int)
+        moved = _move_back(frames, o)
+        spectra, energy = frame_spectra(moved, shifted_tapers(self.shape, self.slope, start - o), weighted_mean=True)
+        s, peak = locate_peaks(spectra * self.filt, self.shape, (self.max_shift, self.max_shift), self.upsample)
+        return s + o, peak, energy
+
+    def register(self, frames, start):
+        """Content displacement (B, 2) and normalised peak (B,) of each frame, from ``start`` (B, 2).
+
+        The peak is searched within ``max_shift`` of the integer part of ``start``; frames whose
+        result lies more than a pixel from ``start`` (the start was wrong) are registered once
+        more from the result.
+        """
+        start = np.asarray(start, dtype=np.float64)
+        s, peak, energy = self._once(frames, start)
+        redo = np.flatnonzero(np.max(np.abs(s - start), axis=1) > 1.0)
+        if redo.size:
+            s[redo], peak[redo], energy[redo] = self._once(frames[redo], s[redo])
+        np.clip(s, -self.max_shift, self.max_shift, out=s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = np.where(energy * self.energy > 0, peak / np.sqrt(energy * self.energy), 0.0)
+        return s, score
+
+
+def _noise_power(movie, reference, shifts, taper, n_sample):
+    """Mean power spectrum of registered frames minus the reference fitted to them.
+
+    Each of ``n_sample`` frames spread over the recording is compared with the reference moved
+    to its displacement ``shifts[t]`` (content displacement), after a least-squares fit of an
+    offset, a gain (bleaching, global fluctuations) and the two gradient images (the residual
+    misregistration, which is not noise); the residuals are tapered like the reference and
+    their ``|rfft2|^2`` averaged, then smoothed by a 1-bin Gaussian across frequencies.
+
+    Returns
+    -------
+    ndarray of shape (H, W // 2 + 1), float64
+    """
+    frames = _sample_frames(movie.shape[0], n_sample)
+    ref = np.asarray(reference, dtype=np.float64)
+    w = taper.astype(np.float64).ravel()
+    power = 0.0
+    for t in frames:
+        frame = np.asarray(movie.read(int(t), int(t) + 1, dtype=np.float32), dtype=np.float64)[0]
+        model = ndimage.shift(ref, shifts[t], order=1, mode="nearest")
+        gy, gx = np.gradient(model)
+        basis = np.stack([np.ones(model.size), model.ravel(), gy.ravel(), gx.ravel()], axis=1)
+        coef, *_ = np.linalg.lstsq(basis * w[:, None], frame.ravel() * w, rcond=None)
+        resid = (frame.ravel() - basis @ coef).reshape(frame.shape) * taper
+        power = power + np.abs(sfft.rfft2(resid)) ** 2
+    power = power / frames.size
+    return ndimage.gaussian_filter(power, 1.0, mode=("wrap", "reflect"))
+
+
+def _sample_frames(T, n):
+    """``min(T, n)`` frame indices spread evenly over ``0..T-1``."""
+    return np.unique(np.round(np.linspace(0, T - 1, min(T, n))).astype(int))
+
+
+def _split_noise(movie, reference, noise_power, n_average, shifts, params, max_shift, n_sample):
+    """Per-axis variance of the refined single-frame displacement error, from split frames.
+
+    The left and right halves of ``n_sample`` frames are registered separately like whole
+    frames (:class:`_Refined`, each half against the same half of the reference, the noise
+    spectrum resampled to the half width). Both halves see the same rigid motion and have
+    independent noise, so ``Var(s_left - s_right) = 2 sigma_half^2 = 4 sigma^2`` (a half holds
+    half the information). Non-rigid motion makes this an over-estimate, which the smoother
+    guards against by also estimating the noise from the series itself and keeping the smaller.
+
+    Returns
+    -------
+    ndarray of shape (2,) or None
+        ``sigma^2`` for (y, x); None when the frames are narrower than 32 px or fewer than 8
+        frames were sampled.
+    """
+    T, H, W = movie.shape
+    half = W // 2
+    frames = _sample_frames(T, n_sample)
+    if half < 16 or frames.size < 8:
+        return None
+    kx_full = sfft.rfftfreq(W)
+    kx_half = sfft.rfftfreq(half)
+    noise_half = np.stack([np.interp(kx_half, kx_full, row) for row in noise_power]) / 2.0
+    m = max(1, min(max_shift, (min(H, half) - 1) // 2))
+    parts = (slice(0, half), slice(W - half, W))
+    engines = [_Refined(np.ascontiguousarray(reference[:, c]), noise_half, n_average, params, m) for c in parts]
+    est = np.empty((2, frames.size, 2))
+    for a in range(0, frames.size, 16):
+        idx = frames[a : a + 16]
+        batch = np.concatenate([np.asarray(movie.read(int(t), int(t) + 1, dtype=np.float32)) for t in idx])
+        for j, (cols, engine) in enumerate(zip(parts, engines)):
+            est[j, a : a + idx.size] = engine.register(np.ascontiguousarray(batch[:, :, cols]), shifts[idx])[0]
+    d = est[0] - est[1]
+    return (1.4826 * np.median(np.abs(d - np.median(d, axis=0)), axis=0)) ** 2 / 4.0
 
 
 class _Blocks:
@@ -587,6 +718,8 @@ def estimate_motion(
     upsample=10,
     spatial_sigma=1.15,
     whitening=0.5,
+    refine=True,
+    smooth=True,
     seed=0,
     progress=None,
 ):
@@ -611,15 +744,17 @@ def estimate_motion(
         Register-and-average passes refining the reference.
     temporal_window : int, optional
         Odd number of consecutive frames averaged (centred running mean) before each frame is
-        registered; the shifts are still reported per frame. Default: chosen from the measured
-        per-frame shift noise and motion roughness (1 on clean data, up to 9 on
-        photon-starved data with slow motion; see ``_auto_window``).
+        registered in the first pass (and, in piecewise mode, before blocks are registered);
+        the shifts are still reported per frame. Default: chosen from the measured per-frame
+        shift noise and motion roughness (1 on clean data, up to 9 on photon-starved data with
+        slow motion; see ``_auto_window``). The refined pass registers single frames and
+        smooths their shifts instead (``smooth``).
     batch_size : int
         Frames read from the movie at once. Peak memory is about ``2 batch_size +
         temporal_window`` float32 frames plus FFT work buffers (~4 M pixels), after a set-up
         that holds ``n_reference_frames`` frames (reference) and up to 100 frames (automatic
-        window) once; none of it grows with ``T`` (measured: 5.4 MB peak for 300 and for 1500
-        frames of 64 x 64 with ``batch_size=64``).
+        window) once; none of it grows with ``T`` except the per-frame results (measured:
+        6.5 MB peak for 300 and for 1500 frames of 64 x 64 with ``batch_size=64``).
     block_size : (int, int)
         Block height and width for piecewise mode (clipped to the frame), each >= 16.
     block_overlap : float
@@ -644,11 +779,23 @@ def estimate_motion(
         phase correlation (robust to brightness changes), 0 plain cross-correlation (most
         precise under shot noise, but sensitive to slow brightness changes). On a synthetic
         128 x 128 movie at 1 photon/pixel/frame the default 0.5 gave 0.107 px RMS (built
-        reference) against a Cramer-Rao bound of 0.088 px; 1 gave 0.141 px.
+        reference) against a Cramer-Rao bound of 0.088 px; 1 gave 0.141 px. Used by the first
+        pass and by the blocks; the refined pass weights frequencies by the measured noise.
+    refine : bool
+        Run the second pass (see Notes): single frames against a reference averaged over the
+        whole recording, with a noise-matched filter. It costs about as much as the first pass
+        and, with ``smooth``, lowered the shift error on ``calseg simulate --preset hard``
+        recordings by 13-24 % (``benchmarks/motion_accuracy.py``).
+    smooth : bool
+        Smooth the refined shifts in time with a robust random-walk Kalman smoother whose noise
+        and motion variances are measured on the recording (no effect on the rigid shifts when
+        ``refine`` is False, since frames averaged over a window have correlated errors);
+        piecewise block residuals are smoothed the same way.
     seed : int
         Seed of the reference-frame sampling.
     progress : callable, optional
-        Called as ``progress(n_frames_done, n_frames_total)`` after each batch.
+        Called as ``progress(done, total)`` after each batch of each pass; ``total`` is
+        ``2 T`` with ``refine`` (each pass counts its frames), else ``T``.
 
     Returns
     -------
@@ -664,27 +811,56 @@ def estimate_motion(
 
     Notes
     -----
-    For each frame ``f`` (optionally averaged over ``temporal_window`` frames) the correlation
+    **First pass.** For each frame ``f`` (averaged over ``temporal_window`` frames) the
+    correlation
 
     .. math:: c(\\tau) = \\mathcal{F}^{-1}\\left[F(k)\\,\\overline{R(k)}\\,|R(k)|^{-\\beta}
               e^{-2\\pi^2\\sigma^2|k|^2}\\right](\\tau)
 
     is formed from the tapered, mean-removed frame and reference spectra (``beta = whitening``:
     partially whitened on the reference side, Gaussian-blurred). Its integer maximum within
-    ``|tau| <= max_shift`` is refined by two parabolic fits through exactly evaluated
-    (matrix-DFT) values ``1/upsample`` px apart. The content displacement ``tau*`` is reported as
-    the correction ``-tau*``.
+    ``|tau| <= max_shift`` is refined by parabolic fits through exactly evaluated (matrix-DFT)
+    values ``1/upsample`` px apart. The content displacement ``tau*`` is reported as the
+    correction ``-tau*``.
 
-    The reference (when not given) follows Suite2p/NoRMCorre: among ``n_reference_frames``
-    sampled frames the one with the highest mean correlation to its 20 best partners is
-    averaged with them; then ``n_reference_iterations`` times the sample is registered to the
-    reference and the better-correlated half is averaged after alignment, re-centred on the
-    median displacement.
+    The first-pass reference (when not given) follows Suite2p/NoRMCorre: among
+    ``n_reference_frames`` sampled frames the one with the highest mean correlation to its 20
+    best partners is averaged with them; then ``n_reference_iterations`` times the sample is
+    registered to the reference and the better-correlated half is averaged after alignment,
+    re-centred on the median displacement.
 
-    Piecewise mode cuts overlapping blocks from each frame at the integer rigid offset,
-    correlates each with the matching reference block the same way, and reports
-    ``block_shifts`` (total displacements at block centres); the dense field is their
-    bilinear interpolation.
+    **Refined pass** (``refine``). While the first pass streams, every (unaveraged) frame is
+    moved back by its first-pass displacement and accumulated, with coverage weights at the
+    edges, into a reference averaged over all ``T`` frames (instead of the sample), which is
+    the reference returned. The residuals of frames spread over the recording (frame minus the
+    fitted, moved reference) give the noise power spectrum ``N(k)``: shot and read noise, and
+    whatever else is not motion. Each single frame is then registered again with the
+    maximum-likelihood weighting for that noise,
+
+    .. math:: c(\\tau) = \\mathcal{F}^{-1}\\left[F(k)\\,\\overline{R(k)}\\,
+              \\frac{w(k)}{N(k)}\\right](\\tau), \\qquad
+              w = \\frac{S}{S + N/T}, \\quad S = \\max(|R|^2 - N/T, 0)
+
+    (``w``: Wiener factor for the reference's own noise), after moving it back by the integer
+    part of its first-pass displacement and tapering it by the taper moved by the sub-pixel
+    remainder, so that the taper does not pull the peak towards the reference position. On
+    single frames of a hard 128 x 128 simulation (seed 21) its error, 0.25 / 0.16 px (y / x),
+    is about the Cramer-Rao bound for white noise of that level computed from the reference's
+    gradients (0.26 / 0.17 px); the first pass on single frames gave 0.41 / 0.24 px.
+
+    **Temporal smoothing** (``smooth``). The refined shifts have independent errors from frame
+    to frame; with a random-walk model of the motion, a Rauch-Tung-Striebel smoother gives the
+    minimum-variance shifts (:mod:`calseg.motion._smooth`). The per-frame noise is the smaller
+    of its maximum-likelihood estimate from the series and of a direct measurement (left and
+    right frame halves registered separately), so fast real motion is never averaged away;
+    jumps larger than 4 standard deviations of the innovation restart the smoother, and the
+    smoothing length is capped at 30 frames.
+
+    Piecewise mode cuts overlapping blocks from each (averaged) frame at the integer rigid
+    offset of the first pass, correlates each with the matching block of the (final) reference
+    like the first pass, and reports ``block_shifts`` (total displacements at block centres):
+    the smoothed rigid shift plus each block's smoothed residual. The dense field is their
+    bilinear interpolation. The rigid ``shifts`` are the same as in rigid mode.
     """
     movie = as_movie(movie)
     shape = tuple(int(n) for n in movie.shape)
@@ -712,9 +888,12 @@ def estimate_motion(
         temporal_window = _check_int("temporal_window", temporal_window, 1, 1001)
         if temporal_window % 2 == 0:
             raise ConfigError(f"temporal_window={temporal_window} is not allowed; an odd integer >= 1 is allowed")
+    for name, value in (("refine", refine), ("smooth", smooth)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{name}={value!r} is not allowed; True or False is allowed")
     if progress is not None and not callable(progress):
         raise ConfigError(f"progress={progress!r} is not allowed; a callable or None is allowed")
-    blocks = None
+    by = bx = None
     if mode == "piecewise":
         try:
             by, bx = (int(v) for v in block_size)
@@ -737,33 +916,48 @@ def estimate_motion(
     params = _Params(sigma=spatial_sigma, whitening=whitening, upsample=upsample)
     if temporal_window is None:
         temporal_window = _auto_window(movie, params, max_shift)
-    if reference is None:
+    given = reference is not None
+    if not given:
         sample = _reference_sample(movie, n_reference_frames, temporal_window, rng)
         reference = _build_reference(sample, params, max_shift, n_reference_iterations)
         del sample
-    rigid = _Rigid(reference, params, max_shift)
-    if mode == "piecewise":
-        blocks = _Blocks(reference, params, (by, bx), block_overlap, max_block_shift, block_smoothing)
+    n_passes = 2 if refine else 1
+    split_var = None  # measured per-frame noise of the refined shifts: only then are they smoothed
+    blocks_first = mode == "piecewise" and not refine
 
-    s_all = np.empty((T, 2))
-    score_all = np.empty(T)
-    block_s = np.empty((T, *blocks.grid, 2)) if blocks is not None else None
-    for start in range(0, T, batch_size):
-        stop = min(T, start + batch_size)
-        frames = _read_smoothed(movie, start, stop, temporal_window)
-        if not np.isfinite(frames).all():
-            raise InputError(f"frames {start}-{stop - 1} (or their neighbours) contain NaN or infinite values")
-        for a, b in _chunks(stop - start, H * W):
-            s, score = rigid.register(frames[a:b])
-            s_all[start + a : start + b] = s
-            score_all[start + a : start + b] = score
-        if blocks is not None:
-            nb = blocks.grid[0] * blocks.grid[1] * blocks.by * blocks.bx
-            for a, b in _chunks(stop - start, nb):
-                block_s[start + a : start + b] = blocks.register(frames[a:b], s_all[start + a : start + b])
-        del frames
-        if progress is not None:
-            progress(stop, T)
+    def tick(p):
+        if progress is None:
+            return lambda done: None
+        return lambda done: progress(p * T + done, n_passes * T)
+
+    # pass 1: frames (averaged over temporal_window) against the sample reference
+    rigid = _Rigid(reference, params, max_shift)
+    blocks = None
+    if blocks_first:
+        blocks = _Blocks(reference, params, (by, bx), block_overlap, max_block_shift, block_smoothing)
+    s_all, score_all, block_s, total = _coarse_pass(
+        movie, rigid, blocks, temporal_window, batch_size, accumulate=refine and not given, tick=tick(0)
+    )
+    del rigid
+    s_first = s_all
+    if refine:
+        # pass 2: single frames against the whole-recording reference, noise-matched filter
+        n_average = None
+        if not given:
+            reference = _coverage_mean(total[0], total[1])
+            n_average = T
+        del total
+        noise = _noise_power(movie, reference, s_all, spatial_taper((H, W), _FINE_TAPER_SLOPE), _NOISE_SAMPLE)
+        fine = _Refined(reference, noise, n_average, params, max_shift)
+        if smooth:
+            split_var = _split_noise(movie, reference, noise, n_average, s_all, params, max_shift, _SPLIT_SAMPLE)
+        del noise
+        blocks = None
+        if mode == "piecewise":
+            blocks = _Blocks(reference, params, (by, bx), block_overlap, max_block_shift, block_smoothing)
+        s_all, score_all, block_s = _fine_pass(movie, fine, blocks, s_first, temporal_window, batch_size, tick=tick(1))
+    if smooth:
+        s_all, block_s = _smooth(s_all, block_s, s_first, split_var, temporal_window)
 
     return MotionEstimate(
         shifts=-s_all,
@@ -776,3 +970,134 @@ def estimate_motion(
         block_centres=None if blocks is None else blocks.centres,
         block_size=None if blocks is None else (blocks.by, blocks.bx),
     )
+
+
+def _coarse_pass(movie, rigid, blocks, window, batch_size, *, accumulate, tick):
+    """First pass: every frame (running mean over ``window``) against the sample reference.
+
+    Returns the content displacements (T, 2), normalised peaks (T,), block displacements
+    (T, nby, nbx, 2) or None, and with ``accumulate`` an array (2, H, W): the sum of the
+    unsmoothed frames moved back by their displacements (linear interpolation, nothing outside
+    the frame) and the sum of their coverage weights, else None. Edge pixels thus average only
+    the frames that saw them, instead of copies of the edge of frames that did not.
+    """
+    T, H, W = movie.shape
+    s_all = np.empty((T, 2))
+    score_all = np.empty(T)
+    block_s = np.empty((T, *blocks.grid, 2)) if blocks is not None else None
+    total = np.zeros((2, H, W)) if accumulate else None
+    for start in range(0, T, batch_size):
+        stop = min(T, start + batch_size)
+        raw, frames = _read_smoothed(movie, start, stop, window, with_raw=True)
+        if not np.isfinite(frames).all():
+            raise InputError(f"frames {start}-{stop - 1} (or their neighbours) contain NaN or infinite values")
+        for a, b in _chunks(stop - start, H * W):
+            s_all[start + a : start + b], score_all[start + a : start + b] = rigid.register(frames[a:b])
+        if blocks is not None:
+            nb = blocks.grid[0] * blocks.grid[1] * blocks.by * blocks.bx
+            for a, b in _chunks(stop - start, nb):
+                block_s[start + a : start + b] = blocks.register(frames[a:b], s_all[start + a : start + b])
+        if total is not None:
+            for i in range(stop - start):
+                d = -s_all[start + i]
+                _add_shifted(total[0], raw[i], d)
+                total[1] += _coverage(H, d[0])[:, None] * _coverage(W, d[1])[None, :]
+        del raw, frames
+        tick(stop)
+    return s_all, score_all, block_s, total
+
+
+def _add_shifted(total, frame, d):
+    """``total += scipy.ndimage.shift(frame, d, order=1, mode="grid-constant")``, by slices.
+
+    Bilinear interpolation as the sum of four integer shifts (2.5-6 x faster than
+    ``ndimage.shift`` on 64-256 px frames, same values to float32 rounding).
+    """
+    H, W = frame.shape
+    base = np.floor(d)
+    fy, fx = d - base
+    iy, ix = int(base[0]), int(base[1])
+    for oy, wy in ((iy, 1.0 - fy), (iy + 1, fy)):
+        for ox, wx in ((ix, 1.0 - fx), (ix + 1, fx)):
+            w = wy * wx
+            if w == 0.0 or abs(oy) >= H or abs(ox) >= W:
+                continue
+            src_y, dst_y = (slice(0, H - oy), slice(oy, H)) if oy >= 0 else (slice(-oy, H), slice(0, H + oy))
+            src_x, dst_x = (slice(0, W - ox), slice(ox, W)) if ox >= 0 else (slice(-ox, W), slice(0, W + ox))
+            total[dst_y, dst_x] += w * frame[src_y, src_x]
+
+
+def _coverage(n, d):
+    """``scipy.ndimage.shift(np.ones(n), d, order=1, mode="grid-constant")`` in closed form."""
+    pos = np.arange(n, dtype=np.float64) - d
+    return np.clip(np.minimum(pos + 1.0, n - pos), 0.0, 1.0)
+
+
+def _coverage_mean(total, weight):
+    """``total / weight`` where a frame covered the pixel, the covered mean elsewhere (float32)."""
+    covered = weight > 1e-6
+    out = np.divide(total, weight, out=np.zeros_like(total), where=covered)
+    out[~covered] = out[covered].mean() if covered.any() else 0.0
+    return out.astype(np.float32)
+
+
+def _fine_pass(movie, fine, blocks, start_s, window, batch_size, *, tick):
+    """Second pass: single frames with :class:`_Refined` from the first-pass displacements.
+
+    Blocks (piecewise mode) are registered as in the first pass (frames averaged over
+    ``window``, cut at the integer part of the first-pass displacement) but against the new
+    reference.
+    """
+    T, H, W = movie.shape
+    s_all = np.empty((T, 2))
+    score_all = np.empty(T)
+    block_s = np.empty((T, *blocks.grid, 2)) if blocks is not None else None
+    for start in range(0, T, batch_size):
+        stop = min(T, start + batch_size)
+        raw, frames = _read_smoothed(movie, start, stop, window if blocks is not None else 1, with_raw=True)
+        for a, b in _chunks(stop - start, H * W):
+            sl = slice(start + a, start + b)
+            s_all[sl], score_all[sl] = fine.register(raw[a:b], start_s[sl])
+        if blocks is not None:
+            nb = blocks.grid[0] * blocks.grid[1] * blocks.by * blocks.bx
+            for a, b in _chunks(stop - start, nb):
+                sl = slice(start + a, start + b)
+                block_s[sl] = blocks.register(frames[a:b], start_s[sl])
+        del raw, frames
+        tick(stop)
+    return s_all, score_all, block_s
+
+
+def _smooth(s_all, block_s, block_base, split_var, window):
+    """Robust random-walk smoothing of the rigid displacements and of the block residuals.
+
+    The rigid series is smoothed only with a measured per-frame noise ``split_var`` (the refined
+    single-frame estimates, whose errors are independent from frame to frame; first-pass
+    estimates of frames averaged over a window are not). Its noise variance is the smaller of
+    ``split_var`` and the maximum-likelihood value from the series, so neither fast motion
+    (which the series alone cannot tell from noise) nor non-rigid motion (which inflates the
+    split estimate) is smoothed away. Block displacements are split into ``block_base`` (the
+    rigid displacement of the same averaged frames, whose noise they share) and a residual; the
+    residual of every block is smoothed on its own and added to the (smoothed) rigid
+    displacement. On a hard 128 x 128 simulation (rigid motion, 3 x 3 blocks of 64 px,
+    ``window`` 9) this brought the block error from 0.27 px (raw residuals: 0.30) to 0.20 px,
+    against 0.19 px for the rigid shifts.
+    """
+    rigid = s_all
+    if split_var is not None:
+        q, r = random_walk_noise(s_all, max_noise=split_var)
+        rigid, jumps = smooth_random_walk(s_all, q, r)
+        log.info(
+            "motion: per-frame shift noise %s px, motion %s px/frame: smoothing over ~%s frames, %d jump(s)",
+            np.round(np.sqrt(r), 3), np.round(np.sqrt(q), 3),
+            np.round(np.sqrt(np.divide(r, q, out=np.zeros_like(r), where=q > 0)), 1), jumps,
+        )
+    if block_s is None:
+        return rigid, None
+    resid = block_s - block_base[:, None, None, :]
+    # blocks come from frames averaged over `window`: their errors are correlated over that many
+    # frames, so the variances are measured on every window-th frame (independent errors) and
+    # the motion variance is brought back to one frame (a random walk's grows linearly)
+    q, r = random_walk_noise(resid[::window])
+    resid, _ = smooth_random_walk(resid, q / window, r)
+    return rigid, rigid[:, None, None, :] + resid
