@@ -55,3 +55,98 @@ def test_bisect_fq_matches_twin(nonneg, prune, kernel):
     assert not good[3]
     np.testing.assert_allclose(r, r2, rtol=1e-12)
     np.testing.assert_allclose(lft, l2, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# the per-round kernels of _dual_tv_cert against their numpy twin (_dual_tv_cert_numpy)
+
+
+def _tv_case(seed, shape, m, conn, nonneg):
+    from calseg.prox.composite import CompositeNorm
+
+    rng = np.random.default_rng(seed)
+    norm = CompositeNorm(1.0, 0.7, 0.5, nonnegative=nonneg, image_shape=shape, connectivity=conn)
+    V = rng.normal(size=(shape[0] * shape[1], m)) + 0.3
+    V[:, 0] = -np.abs(V[:, 0]) if nonneg else V[:, 0]        # a column with h° = 0 under >= 0
+    return V, norm
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+@pytest.mark.parametrize("nonneg", [True, False])
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("shape,m", [((9, 11), 70), ((5, 4), 7), ((1, 6), 3), ((6, 1), 40)])
+def test_dual_tv_cert_kernels_match_numpy_twin(conn, nonneg, prune, shape, m):
+    """Kernel path (threaded for >= 32 columns, serial below) and numpy twin: same brackets,
+    maximisers and running best, round for round (float32 and float64 inner solver)."""
+    from calseg.certify.dualnorm import _dual_tv_cert, _dual_tv_cert_numpy
+
+    V, norm = _tv_case(11 + conn + m, shape, m, conn, nonneg)
+    for tol in (1e-3, 1e-8):
+        kw = dict(tol=tol, prune=prune, max_iter=300, inner0=10, floor=0.2 if prune else None)
+        lo, hi, X, best = _dual_tv_cert(V, norm, **kw)
+        lo2, hi2, X2, best2 = _dual_tv_cert_numpy(V, norm, **kw)
+        np.testing.assert_allclose(lo, lo2, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(hi, hi2, rtol=1e-9, atol=1e-14)
+        np.testing.assert_allclose(X, X2, rtol=1e-9, atol=1e-12)
+        assert best == pytest.approx(best2, rel=1e-12)
+        assert np.all(lo <= hi * (1 + 1e-12))
+        np.testing.assert_allclose(np.einsum("ij,ij->j", V, X), lo, rtol=1e-10, atol=1e-14)
+        h = norm.value(X)
+        np.testing.assert_allclose(h[lo > 0], 1.0, rtol=1e-10)     # feasible maximisers
+        if nonneg:
+            assert np.all(X >= 0)
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_dual_tv_cert_kernel_brackets_contain_reference(conn, nonneg):
+    """lo <= h°(v) <= hi against the independent prox-based dual norm (METHOD 5.1); under
+    pruning the largest hi still bounds the largest dual norm."""
+    from calseg.certify.dualnorm import _dual_tv_cert, dual_norm
+    from calseg.prox.composite import CompositeNorm
+
+    V, norm = _tv_case(3 + conn, (4, 5), 40, conn, nonneg)
+    ref_norm = CompositeNorm(1.0, 0.7, 0.5, nonnegative=nonneg, image_shape=(4, 5),
+                             connectivity=conn, tv_method="fista", tv_tol=1e-10,
+                             tv_max_iter=5000)
+    ref, _ = dual_norm(V, ref_norm, tol=1e-9, method="prox")
+    slack = 1e-6 * np.maximum(ref, 1e-12)
+    for tol in (1e-3, 1e-6):
+        lo, hi, _, _ = _dual_tv_cert(V, norm, tol=tol, max_iter=2000, inner0=10)
+        assert np.all(hi >= ref - slack) and np.all(lo <= ref + slack)
+        assert np.all(hi - lo <= tol * hi + 1e-14)
+        lo, hi, _, best = _dual_tv_cert(V, norm, tol=tol, prune=True, max_iter=2000, inner0=10)
+        assert np.all(lo <= ref + slack)
+        assert hi.max() >= ref.max() - slack.max()
+        assert hi.max() <= ref.max() * (1 + 2 * tol) + 1e-14
+
+
+def test_single_pixel_atoms_kernel_matches_numpy():
+    from calseg.certify._kernels import single_pixel_atoms
+    from calseg.certify.dualnorm import _single_pixel_atoms, degrees
+
+    for nonneg in (True, False):
+        V, norm = _tv_case(5, (6, 7), 9, 8, nonneg)
+        V[:, 1] = 0.0
+        lo2, X2 = _single_pixel_atoms(V, norm)
+        lo, XT = np.empty(9), np.zeros((9, 42))
+        cost = 1.0 + 0.7 + 0.5 * degrees((6, 7), 8)
+        single_pixel_atoms(np.ascontiguousarray(V.T), cost, nonneg, lo, XT)
+        np.testing.assert_array_equal(lo, lo2)
+        np.testing.assert_array_equal(XT.T, X2)
+
+
+@pytest.mark.parametrize("kernel", ["gather_scale", "gather_scale_serial"])
+def test_gather_scale_matches_fancy_indexing(kernel):
+    from calseg.certify import _kernels as K
+
+    rng = np.random.default_rng(2)
+    S = rng.normal(size=(5, 4, 9)).astype(np.float32)
+    idx = np.array([0, 3, 4, 8])
+    ratio = rng.uniform(0.5, 2.0, 4).astype(np.float32)
+    out = np.empty((5, 4, 4), np.float32)
+    getattr(K, kernel)(S, idx, ratio, out)
+    np.testing.assert_array_equal(out, S[:, :, idx] * ratio)
+    out64 = np.empty((5, 4, 4), np.float32)                  # float64 source, float32 out
+    getattr(K, kernel)(S.astype(np.float64), idx, np.ones(4), out64)
+    np.testing.assert_array_equal(out64, S[:, :, idx])

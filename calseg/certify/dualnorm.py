@@ -528,6 +528,81 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     ``hi0`` optionally gives precomputed upper bounds (e.g. the no-TV dual norms).
     Returns ``(lo, hi, X, best)`` with ``X`` the best feasible maximisers (``h(x) = 1``).
     """
+    from calseg.certify import _kernels as K
+
+    a, b, c = _weights(norm)
+    nonneg = bool(norm.nonnegative)
+    H, Wd = (int(s) for s in norm.image_shape)
+    conn = int(norm.connectivity)
+    n, m = V.shape
+    hi = _dual_no_tv(V, a, b, nonneg, want_x=False)[0] if hi0 is None else \
+        np.array(hi0, dtype=np.float64)
+    # columns as contiguous rows: every kernel below works on one image at a time
+    VT = np.ascontiguousarray(V.T, dtype=np.float64)
+    XT = np.zeros((m, n))
+    lo = np.empty(m)
+    cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
+    K.single_pixel_atoms(VT, cost, nonneg, lo, XT)
+    best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
+    done = (hi <= 0) | (hi - lo <= tol * hi)
+    if prune:
+        done |= hi <= best * (1 + tol)
+    act = np.flatnonzero(~done)
+    # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
+    # ~1e-6 relative, so high-accuracy requests stay in float64
+    fdt = np.dtype(np.float32 if tol >= 1e-5 else np.float64)
+    nfam = 4 if conn == 8 else 2
+    na0 = act.size
+    # per-round scratch, sliced to the active count
+    D = np.empty((na0, n))
+    vals, r, lft = np.empty(na0), np.empty(na0), np.empty(na0)
+    good, keep, slow = (np.empty(na0, dtype=np.bool_) for _ in range(3))
+    best_out = np.empty(1)
+    V3 = np.empty((H, Wd, na0), dtype=fdt)
+    (K.gather_scale if na0 >= 32 else K.gather_scale_serial)(
+        V.reshape(H, Wd, m), act, np.ones(na0), V3)
+    p = [np.zeros(_edge_shape(k, H, Wd) + (na0,), dtype=fdt) for k in range(nfam)]
+    old_scale = None
+    inner = inner0
+    used = 0
+    while act.size and used < max_iter:
+        na = act.size
+        mu_g = 0.5 * (lo[act] + hi[act])
+        scale = mu_g * c                                   # box of p = mu c q
+        if old_scale is not None:
+            # compact to the kept columns and rescale to the new box (the FISTA kernel clips
+            # its start to the box, as the numpy twin does)
+            ratio = (scale / np.maximum(old_scale[keep_idx], 1e-300)).astype(fdt)
+            gather = K.gather_scale if na >= 32 else K.gather_scale_serial
+            pk = [np.empty(pi.shape[:2] + (na,), dtype=fdt) for pi in p]
+            for pi, qi in zip(p, pk):
+                gather(pi, keep_idx, ratio, qi)
+            p = pk
+            if na < V3.shape[2]:
+                V3k = np.empty((H, Wd, na), dtype=fdt)
+                gather(V3, keep_idx, np.ones(na, dtype=fdt), V3k)
+                V3 = V3k
+        old_scale = scale
+        n_in = min(inner, max_iter - used)
+        p = _tv_dual_fista(V3, p, scale, n_in, conn)
+        used += n_in
+        kern = K.cert_round if na >= 32 else K.cert_round_serial
+        kern(VT, act, tuple(p), mu_g, H, Wd, float(a), float(b), float(c), nonneg, float(tol),
+             float(best), bool(prune), lo, hi, XT, D, vals[:na], r[:na], lft[:na], good[:na],
+             keep[:na], slow[:na], best_out)
+        best = float(best_out[0])
+        if np.any(slow[:na]):
+            inner = min(2 * inner, 2000)
+        keep_idx = np.flatnonzero(keep[:na])
+        act = act[keep_idx]
+    return lo, hi, XT.T, best
+
+
+def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inner0=20,
+                        hi0=None):
+    """:func:`_dual_tv_cert` in numpy around the same FISTA kernel: the twin of the kernels
+    ``calseg.certify._kernels.cert_round`` / ``single_pixel_atoms`` / ``gather_scale``
+    (same brackets up to rounding)."""
     from calseg.certify._kernels import bisect_fq, bisect_fq_serial
 
     a, b, c = _weights(norm)
