@@ -58,6 +58,34 @@ def prox_graph_tv(y, c, D):
     return y - D.T @ u, u
 
 
+def tv_dual_fista_twin(v, q0, box, step, n_iter, D):
+    """Numpy twin of the ``tv_prox_fista_columns`` kernels: ``n_iter`` FISTA steps with
+    O'Donoghue-Candes gradient restart on ``min_{|q| <= box} ||v - D^T q||^2 / 2`` from ``q0``
+    (clipped first), step ``step``, on a dense difference matrix D (E, n).
+
+    Returns ``(q, x)`` with ``x = v - D^T q`` (float64).
+    """
+    q = np.clip(np.asarray(q0, dtype=np.float64), -box, box)
+    z = q.copy()
+    t = 1.0
+    for _ in range(n_iter):
+        x = v - D.T @ z
+        pn = np.clip(z + step * (D @ x), -box, box)
+        ip = (z - pn) @ (pn - q)
+        t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
+        beta = 0.0 if ip > 0 else (t - 1.0) / t_new
+        t = 1.0 if ip > 0 else t_new
+        z = pn + beta * (pn - q)
+        q = pn
+    return q, v - D.T @ q
+
+
+def tv_prox_gap(x, q, c, D):
+    """Prox duality gap ``c ||D x||_1 - <q, D x>`` (>= 0 for ``|q| <= c``), float64."""
+    d = D @ np.asarray(x, dtype=np.float64)
+    return float(np.sum(c * np.abs(d) - q * d))
+
+
 def tv1d_reference(y, lam):
     """Exact 1-D TV prox (numpy twin of ``tv1d_condat``), by bounded least squares on the dual."""
     return prox_graph_tv(y, lam, chain_matrix(len(y)))[0]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from calseg.errors import ConfigError, InputError
-from calseg.prox import _kernels
+from calseg.prox import _dual_kernels, _kernels
 from calseg.prox.norms import grid_edges, tv_value
 from calseg.prox.tv import TVState, chain_families, prox_tv1d, prox_tv2d
 
@@ -17,9 +17,12 @@ from reference import (
     prox_graph_tv,
     tv1d_reference,
     tv1d_rows_twin,
+    tv_dual_fista_twin,
+    tv_prox_gap,
 )
 
 DTYPES = [np.float32, np.float64]
+METHODS = ["dykstra", "fista", "fista_nb"]
 ATOL = {np.float32: 2e-5, np.float64: 1e-10}
 
 
@@ -173,12 +176,118 @@ def test_dykstra_kernels_vs_twins(dtype, serial):
         np.testing.assert_allclose(tvb, want_tv, atol=ATOL[dtype] * 100)
 
 
+def _padded_index(H, W, conn):
+    """Index of each ``grid_edges_loops`` edge in the kernels' padded (K, H + 1, W + 1) dual."""
+    fam = {(0, 1): 0, (1, 0): 1, (1, 1): 2, (1, -1): 3}
+    out = []
+    for a, b in grid_edges_loops(H, W, conn):
+        (ya, xa), (yb, xb) = divmod(int(a), W), divmod(int(b), W)
+        k = fam[(yb - ya, xb - xa)]
+        out.append((k, ya + 1, xa if k == 3 else xa + 1))   # anti-diagonal (i, j): a = (i, j + 1)
+    return tuple(np.array(t) for t in zip(*out)) if out else (np.array([], int),) * 3
+
+
+@pytest.mark.parametrize("serial", [False, True])
+@pytest.mark.parametrize("conn", [4, 8])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fista_nb_kernels_vs_twin(dtype, conn, serial):
+    kern = _dual_kernels.tv_prox_fista_columns_serial if serial else _dual_kernels.tv_prox_fista_columns
+    rng = np.random.default_rng(14)
+    K = conn // 2
+    for H, W in [(5, 7), (6, 4), (1, 6), (6, 1)]:
+        n, r = H * W, 3
+        D = diff_matrix(grid_edges_loops(H, W, conn), n)
+        idx = _padded_index(H, W, conn)
+        V = rng.normal(size=(r, H, W))
+        c = np.array([0.3, 0.05, 1.0])
+        s = c.astype(dtype)
+        s = np.where(s.astype(np.float64) > c, np.nextafter(s, dtype(0)), s).astype(dtype)
+        Q = np.zeros((r, K, H + 1, W + 1), dtype)
+        q0 = 0.6 * rng.normal(size=(r, D.shape[0]))          # partly outside the box
+        for j in range(r):
+            Q[j][idx] = q0[j]
+        step = 1.0 / (12.0 if conn == 8 else 8.0)
+        for n_iter in (0, 1, 9):
+            Qk, X, stats = Q.copy(), np.empty((r, H, W)), np.zeros((r, 3))
+            # negative thresholds (thresh0 and rounding floor): never converged, n_iter steps
+            kern(V, Qk, c, s, np.full(r, -1.0), dtype(step), -1.0, n_iter, 4, 50, 0, X, stats)
+            assert np.all(stats[:, 1] == n_iter) and np.all(stats[:, 2] == 0)
+            atol = 1e-10 if dtype == np.float64 else 2e-5
+            for j in range(r):
+                q, x = tv_dual_fista_twin(V[j].ravel(), q0[j], float(s[j]), step, n_iter, D)
+                np.testing.assert_allclose(Qk[j][idx], q, atol=atol)
+                np.testing.assert_allclose(X[j].ravel(), x, atol=atol * 10)
+                # the gap is evaluated at the kernel's own (feasible) dual, in float64
+                want_gap = tv_prox_gap(V[j].ravel() - D.T @ Qk[j][idx].astype(np.float64),
+                                       Qk[j][idx].astype(np.float64), c[j], D)
+                assert stats[j, 0] == pytest.approx(max(want_gap, 0.0), rel=1e-9, abs=1e-12)
+                assert np.all(np.abs(Qk[j]) <= s[j])                 # exactly inside the box
+                mask = np.ones(Qk[j].shape, bool)
+                mask[idx] = False
+                assert np.all(Qk[j][mask] == 0)                      # padding stays 0
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (3, 5), (6, 6), (9, 4)])
+def test_grid_gradient_norm_bounds(shape):
+    """The step of "fista_nb": ||D||^2 <= 8 (4-connected) and <= 12 (8-connected)."""
+    H, W = shape
+    for conn, bound in ((4, 8.0), (8, 12.0)):
+        D = diff_matrix(grid_edges_loops(H, W, conn), H * W)
+        assert np.linalg.eigvalsh(D.T @ D).max() <= bound * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_fista_nb_float32_steps_meet_certified_tolerance(tol):
+    """At tolerances >= 1e-3 the steps run in float32; the float64 certificate still holds,
+    including for images far from zero (the mean is removed first)."""
+    rng = np.random.default_rng(15)
+    H, W = 9, 11
+    D = diff_matrix(grid_edges_loops(H, W, 8), H * W)
+    blob = 2.0 * (np.add.outer(np.arange(H), np.arange(W)) > 9).ravel()
+    Y = 1e3 + blob[:, None] + 0.5 * rng.normal(size=(H * W, 2))
+    X, _, info = prox_tv2d(Y, [0.2, 0.6], (H, W), method="fista_nb", tol=tol, max_iter=100000)
+    assert info["converged"]
+    for j, c in enumerate((0.2, 0.6)):
+        ref, _ = prox_graph_tv(Y[:, j] - 1e3, c, D)
+        err = np.linalg.norm(X[:, j] - 1e3 - ref)
+        assert err <= np.sqrt(2 * info["gap"][j]) + 1e-9
+        assert err <= tol * np.linalg.norm(Y[:, j] - Y[:, j].mean())
+
+
+def test_fista_nb_float32_stall_moves_to_float64(monkeypatch):
+    """A weight so large that a float32 dual cannot reach the target: forced to start in
+    float32, the image stalls, continues in float64 and still meets the certified tolerance."""
+    import calseg.prox.tv as tvmod
+
+    rng = np.random.default_rng(16)
+    H, W = 12, 12
+    y = (np.add.outer(np.arange(H), np.arange(W)) > 10).ravel() * 40.0 + rng.normal(size=H * W)
+    c, tol = 6.0, 1e-4
+    V = (y - y.mean()).reshape(1, H, W)
+    thr = np.array([0.5 * (tol * np.linalg.norm(V)) ** 2])
+    n_edges = len(grid_edges_loops(H, W, 8))
+    assert not tvmod._float32_steps_ok(np.array([c]), thr, n_edges)
+    # the kernel alone, in float32 with stall detection: stops early with status -1
+    Q = np.zeros((1, 4, H + 1, W + 1), np.float32)
+    X, stats = np.empty_like(V), np.zeros((1, 3))
+    _dual_kernels.tv_prox_fista_columns_serial(V, Q, np.array([c]), np.array([c], np.float32), thr,
+                                               np.float32(1 / 12), 1e-15, 200000, 4, 50, 100, X, stats)
+    assert stats[0, 2] == -1 and stats[0, 1] < 200000
+    # through prox_tv2d with float32 forced: falls back to float64 and converges
+    monkeypatch.setattr(tvmod, "_float32_steps_ok", lambda *a: True)
+    x, state, info = prox_tv2d(y, c, (H, W), method="fista_nb", tol=tol, max_iter=200000)
+    assert info["converged"] and state.arrays[0].dtype == np.float64
+    # reference: dykstra far tighter (itself checked against the exact BVLS prox above)
+    ref, _, _ = prox_tv2d(y, c, (H, W), method="dykstra", tol=1e-9, max_iter=200000)
+    assert np.linalg.norm(x - ref) <= tol * np.linalg.norm(y - y.mean())
+
+
 # ---------------------------------------------------------------------------------- 2-D prox
 
 SHAPES = [(5, 6), (1, 9), (9, 1), (1, 1), (3, 3)]
 
 
-@pytest.mark.parametrize("method", ["dykstra", "fista"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("conn", [4, 8])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_prox_tv2d_matches_exact_reference(method, conn, dtype):
@@ -213,9 +322,12 @@ def test_dykstra_and_fista_agree(conn):
     dev = np.linalg.norm(Y - Y.mean(0), axis=0)
     assert np.all(np.linalg.norm(Xd - Xf, axis=0) <= 2e-6 * dev)
     assert info_d["n_iter"] < info_f["n_iter"]
+    Xn, _, info_n = prox_tv2d(Y, [0.8, 0.2], (H, W), connectivity=conn, method="fista_nb", tol=1e-6, max_iter=100000)
+    assert info_n["converged"]
+    assert np.all(np.linalg.norm(Xn - Xd, axis=0) <= 2e-6 * dev)
 
 
-@pytest.mark.parametrize("method", ["dykstra", "fista"])
+@pytest.mark.parametrize("method", METHODS)
 def test_prox_tv2d_edge_cases(method):
     rng = np.random.default_rng(9)
     H, W = 4, 5
@@ -260,7 +372,7 @@ def test_prox_tv2d_decreases_tv_and_objective():
         assert np.all(f_x <= 0.5 * ((Z - Y) ** 2).sum(0) + 0.5 * tv_value(Z, (H, W), 8) + 1e-9)
 
 
-@pytest.mark.parametrize("method", ["dykstra", "fista"])
+@pytest.mark.parametrize("method", METHODS)
 def test_warm_start_same_answer_fewer_iterations(method):
     rng = np.random.default_rng(12)
     H, W = 12, 12
@@ -284,10 +396,11 @@ def test_warm_start_same_answer_fewer_iterations(method):
     np.testing.assert_allclose(X4, cold, atol=3e-5 * dev.max())
 
 
-def test_prox_tv2d_reports_non_convergence():
+@pytest.mark.parametrize("method", METHODS)
+def test_prox_tv2d_reports_non_convergence(method):
     rng = np.random.default_rng(13)
     Y = rng.normal(size=(64, 1))
-    X, _, info = prox_tv2d(Y, 0.5, (8, 8), tol=1e-12, max_iter=3)
+    X, _, info = prox_tv2d(Y, 0.5, (8, 8), method=method, tol=1e-12, max_iter=3)
     assert not info["converged"] and info["n_iter"] == 3 and info["gap"][0] > 0
 
 

@@ -5,24 +5,31 @@
 
     prox_{c TV}(y) = argmin_x  c TV(x) + ||x - y||^2 / 2
 
-has no closed form; two solvers sit in a registry, ``TV2D_METHODS``:
+has no closed form; three solvers sit in a registry, ``TV2D_METHODS``:
 
-* ``"dykstra"`` (default): the edges split into 1-D chain families (rows, columns and, for
+* ``"fista_nb"`` (default): FISTA with gradient restart on the box-constrained dual
+  ``min_{|q|_inf <= c} ||y - D^T q||^2 / 2``, step ``1 / ||D||^2`` (8 or 12), in numba
+  kernels: each image runs all its steps in cache-resident buffers, threads over images when
+  the problem is large, gap checks spaced adaptively, float32 steps when their rounding cannot
+  matter (see :func:`_fista_nb`). Cheap steps (~1 ns per edge), so it needs more of them than
+  dykstra but is 3-30x faster on the solver's warm-started 72 x 72 columns and on 512 x 512
+  images; very large weights (``c`` many times the noise) favour dykstra.
+* ``"dykstra"``: the edges split into 1-D chain families (rows, columns and, for
   8-connectivity, both diagonals); each family's prox is exact by Condat's algorithm and the
   families are combined by parallel Dykstra-like splitting (Combettes & Pesquet 2011),
   accelerated as FISTA on the family duals with gradient restart. Numba kernels, threads over
-  (image, group of chains) when the problem is large.
-* ``"fista"`` (simple reference): FISTA on the box-constrained dual
-  ``min_{|q|_inf <= c} ||y - D^T q||^2 / 2``.
+  (image, group of chains) when the problem is large. Few, expensive iterations.
+* ``"fista"`` (simple numpy reference): FISTA on the same dual as ``"fista_nb"``, step 1/16,
+  no restart.
 
-Both keep a dual-feasible ``q`` with primal point ``x = y - D^T q`` and stop on the prox duality
+All keep a dual-feasible ``q`` with primal point ``x = y - D^T q`` and stop on the prox duality
 gap ``gap = c ||D x||_1 - <q, D x> >= 0``, which bounds the distance to the exact prox:
 ``||x - x*||_2 <= sqrt(2 gap)``. ``tol`` is a relative distance: a column stops once
 ``sqrt(2 gap) <= tol * ||y - mean(y)||_2`` (TV prox commutes with adding a constant, so the
 constant part of y does not count). A gap below ``1e-15 * c * TV(x)`` is float64 rounding noise
 and also counts as converged, so tolerances below about 1e-7 are met only as far as rounding
 allows. The bound is pessimistic: the true error is typically 10-50x below ``tol``.
-Computation is in float64 whatever the input dtype.
+The gap and the returned x are computed in float64 whatever the input dtype.
 """
 from __future__ import annotations
 
@@ -318,19 +325,116 @@ def _fista(Yt, c, image_shape, connectivity, tol, max_iter, warm, check_every=10
     return x.copy(), tuple(q), {"n_iter": it, "gap": gap, "converged": converged}
 
 
+def _round_down(x, dt):
+    """Float64 ``x`` rounded *down* in magnitude to dtype ``dt`` (a box that stays feasible)."""
+    x = np.asarray(x, dtype=np.float64)
+    xd = x.astype(dt)
+    return np.where(np.abs(xd.astype(np.float64)) > np.abs(x), np.nextafter(xd, dt(0)), xd).astype(dt)
+
+
+def _float32_steps_ok(c, thresh0, n_edges):
+    """Whether float32 dual steps can reach the gap thresholds: the rounding of a float32 dual
+    moves ``x`` by ~``8 eps32 c`` per pixel and costs up to ``2 c |dx|`` per edge, so the gap
+    floor is about ``16 eps32 c^2 |E|``; it must stay below every active threshold."""
+    floor32 = 16.0 * np.finfo(np.float32).eps * c ** 2 * n_edges
+    act = c > 0
+    return bool(np.all(floor32[act] <= thresh0[act]))
+
+
+def _fista_nb(Yt, c, image_shape, connectivity, tol, max_iter, warm):
+    """FISTA with gradient restart on the box-constrained dual, numba kernels.
+
+    The same dual as ``"fista"`` (``min_{|q| <= c} ||y - D^T q||^2 / 2``) with step
+    ``1 / ||D||^2`` (``||D||^2 <= 8`` on the 4-connected grid and ``<= 12`` on the 8-connected
+    one, tighter than the degree bound 16), and O'Donoghue-Candes gradient restart. Each image
+    runs all its steps in its own cache-resident buffers (one thread per image when the problem
+    is large), with adaptively spaced gap checks. The mean is removed first (TV prox commutes
+    with constants).
+
+    Precision: the steps run in float32 (half the memory traffic) when the rounding of a
+    float32 dual cannot keep the gap above the target, i.e. when ``16 eps32 c^2 |E|`` (|E|
+    edges) is below the gap threshold; an image whose gap still stalls continues in float64
+    from where it stopped. Whatever the step precision, the box is rounded down so ``q`` stays
+    feasible and the gap of ``x = y - D^T q`` is evaluated in float64, so the certificate holds.
+    """
+    from calseg.prox import _dual_kernels
+
+    H, W = image_shape
+    r, n = Yt.shape
+    K = 4 if connectivity == 8 else 2
+    mean = Yt.mean(axis=1, keepdims=True)
+    V = np.ascontiguousarray((Yt - mean).reshape(r, H, W), dtype=np.float64)
+    scale = np.sqrt(np.einsum("ijk,ijk->i", V, V))
+    thresh0 = 0.5 * (tol * scale) ** 2
+    c = np.ascontiguousarray(c, dtype=np.float64)
+    n_edges = H * (W - 1) + (H - 1) * W + (2 * (H - 1) * (W - 1) if connectivity == 8 else 0)
+    use32 = _float32_steps_ok(c, thresh0, n_edges)
+    shape = (r, K, H + 1, W + 1)
+    if warm is not None and warm.arrays and warm.arrays[0].shape == shape:
+        Q0 = warm.arrays[0]
+    else:
+        Q0 = np.zeros(shape)
+    X = np.empty((r, H, W))
+    stats = np.zeros((r, 3))
+    steps = np.zeros(r)
+    todo = np.arange(r)
+    for dt in ((np.float32, np.float64) if use32 else (np.float64,)):
+        Q = np.array(Q0, dtype=dt, order="C")
+        if todo.size < r:
+            Q, V_, c_, t_ = Q[todo], V[todo], c[todo], thresh0[todo]
+            budget = int(max_iter - steps[todo].max())
+        else:
+            V_, c_, t_, budget = V, c, thresh0, int(max_iter)
+        X_, st = np.empty((todo.size, H, W)), np.zeros((todo.size, 3))
+        L_inv = dt(1.0 / (12.0 if connectivity == 8 else 8.0))
+        stall = FISTA_NB_STALL if dt is np.float32 else 0
+        # one thread per image, only when there is enough work to pay for waking the threads
+        parallel = todo.size > 1 and todo.size * n >= PARALLEL_MIN_SIZE
+        kern = _dual_kernels.tv_prox_fista_columns if parallel else \
+            _dual_kernels.tv_prox_fista_columns_serial
+        kern(V_, Q, c_, _round_down(c_, dt), t_, L_inv, ROUNDING, max(budget, 0),
+             FISTA_NB_CHECK[0], FISTA_NB_CHECK[1], stall, X_, st)
+        X[todo], stats[todo] = X_, st
+        steps[todo] += st[:, 1]
+        if todo.size < r:
+            Q0 = np.array(Q0, dtype=dt)
+            Q0[todo] = Q
+        else:
+            Q0 = Q
+        todo = todo[st[:, 2] < 0]                    # stalled in float32: go on in float64
+        if todo.size == 0:
+            break
+    X = X.reshape(r, n)
+    X += mean
+    active = c > 0
+    info = {"n_iter": int(steps.max()) if r else 0, "gap": stats[:, 0].copy(),
+            "converged": bool(np.all(stats[active, 2] > 0))}
+    return X, (Q0,), info
+
+
+FISTA_NB_CHECK = (4, 50)
+"""Bounds on the number of ``"fista_nb"`` steps between two gap checks."""
+
+FISTA_NB_STALL = 200
+"""float32 ``"fista_nb"`` steps without a 10% gap decrease before an image moves to float64."""
+
+
 PARALLEL_MIN_SIZE = 1 << 16
 """Problems with fewer than this many pixel-columns (r * H * W) run the serial kernels."""
 
 ROUNDING = 1e-15
 """A gap below ``ROUNDING * c * TV(x)`` is rounding noise of its float64 sum and counts as met."""
 
-TV2D_METHODS = {"dykstra": _dykstra, "fista": _fista}
+TV2D_METHODS = {"fista_nb": _fista_nb, "dykstra": _dykstra, "fista": _fista}
 """Registry of 2-D TV prox solvers: name -> solver(Yt (r, n), c (r,), image_shape, connectivity,
 tol, max_iter, warm_state_or_None) -> (X (r, n), state arrays, info dict)."""
 
+TV2D_MAX_ITER = {"fista_nb": 20000, "dykstra": 500, "fista": 500}
+"""Default iteration budget of each method (``prox_tv2d(max_iter=None)``)."""
 
-def prox_tv2d(X, weight, image_shape, *, connectivity=8, method="dykstra", tol=1e-6,
-              max_iter=500, warm=None):
+
+def prox_tv2d(X, weight, image_shape, *, connectivity=8, method="fista_nb", tol=1e-6,
+              max_iter=None, warm=None):
     """Prox of anisotropic grid total variation of each column (an image flattened in C order).
 
     Parameters
@@ -341,14 +445,16 @@ def prox_tv2d(X, weight, image_shape, *, connectivity=8, method="dykstra", tol=1
     image_shape : (int, int)
         (H, W).
     connectivity : {4, 8}
-    method : {"dykstra", "fista"}
-        See the module docstring; both give the same answer up to ``tol``.
+    method : {"fista_nb", "dykstra", "fista"}
+        See the module docstring; all give the same answer up to ``tol``.
     tol : float
         Relative accuracy certified by the duality gap: a column stops when
         ``sqrt(2 gap) <= tol * ||y - mean(y)||``, which implies
         ``||x - prox(y)|| <= tol * ||y - mean(y)||``.
-    max_iter : int
+    max_iter : int or None
         Iteration budget (the result is then returned with ``info["converged"] = False``).
+        None: the method's default, ``TV2D_MAX_ITER[method]`` (an iteration of ``"fista_nb"``
+        costs ~1/30 of a ``"dykstra"`` one, hence its larger budget).
     warm : TVState or None
         State returned by a previous call; used when method, image shape, connectivity,
         number of columns and dtype match, silently ignored otherwise.
@@ -371,6 +477,8 @@ def prox_tv2d(X, weight, image_shape, *, connectivity=8, method="dykstra", tol=1
         raise ConfigError(f"method must be one of {sorted(TV2D_METHODS)}, got {method!r}")
     if not (np.isfinite(tol) and tol > 0):
         raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
+    if max_iter is None:
+        max_iter = TV2D_MAX_ITER[method]
     if int(max_iter) != max_iter or max_iter < 1:
         raise ConfigError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     X2, was_1d = as_columns(X)
