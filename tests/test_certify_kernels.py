@@ -127,13 +127,15 @@ def test_single_pixel_atoms_kernel_matches_numpy():
 
     for nonneg in (True, False):
         V, norm = _tv_case(5, (6, 7), 9, 8, nonneg)
+        V = V[:, ::-1]                                     # any layout
         V[:, 1] = 0.0
         lo2, X2 = _single_pixel_atoms(V, norm)
-        lo, XT = np.empty(9), np.zeros((9, 42))
+        lo, VT, XT = np.empty(9), np.empty((9, 42)), np.zeros((9, 42))
         cost = 1.0 + 0.7 + 0.5 * degrees((6, 7), 8)
-        single_pixel_atoms(np.ascontiguousarray(V.T), cost, nonneg, lo, XT)
-        np.testing.assert_array_equal(lo, lo2)
-        np.testing.assert_array_equal(XT.T, X2)
+        single_pixel_atoms(V, cost, nonneg, VT, lo, XT)
+        np.testing.assert_array_equal(VT, V.T)
+        np.testing.assert_allclose(lo, lo2, rtol=1e-15)     # fastmath: w / c as w * (1 / c)
+        np.testing.assert_allclose(XT.T, X2, rtol=1e-15)
 
 
 @pytest.mark.parametrize("kernel", ["gather_scale", "gather_scale_serial"])

@@ -250,28 +250,38 @@ def gather_scale(S, idx, ratio, out):
                 out[i, k, j] = S[i, k, idx[j]] * ratio[j]
 
 
-@njit
-def single_pixel_atoms(VT, cost, nonneg, lo, XT):
-    """Best single-pixel atom ``±e_i / cost_i`` of each row of ``VT`` (m, n): ``lo[j]`` its value
-    ``max_i w_i^+ / cost_i`` (first maximiser), ``XT[j]`` (zeroed by the caller) the atom
-    (left 0 when the value is 0)."""
-    for j in range(VT.shape[0]):
-        v = VT[j]
-        best = -1.0
-        bi = 0
-        for i in range(v.shape[0]):
-            w = v[i]
-            if nonneg:
-                w = max(w, 0.0)
-            else:
-                w = abs(w)
-            t = w / cost[i]
-            if t > best:
-                best = t
-                bi = i
-        lo[j] = best
-        if best > 0.0:
-            XT[j, bi] = (1.0 if v[bi] >= 0.0 else -1.0) / cost[bi]
+@njit(parallel=True)
+def single_pixel_atoms(V, cost, nonneg, VT, lo, XT):
+    """Columns of ``V`` (n, m) copied to the rows of ``VT`` (m, n), and the best single-pixel
+    atom ``±e_i / cost_i`` of each: ``lo[j] = max_i w_i^+ / cost_i`` (first maximiser),
+    ``XT[j]`` (zeroed by the caller) the atom (left 0 when the value is 0).
+
+    Blocks of columns in parallel, rows of ``V`` read contiguously."""
+    n, m = V.shape
+    bs = 64
+    for blk in prange((m + bs - 1) // bs):
+        j0 = blk * bs
+        j1 = min(j0 + bs, m)
+        best = np.full(j1 - j0, -1.0)
+        arg = np.zeros(j1 - j0, np.int64)
+        for i in range(n):
+            ci = cost[i]
+            for j in range(j0, j1):
+                w = V[i, j]
+                VT[j, i] = w
+                if nonneg:
+                    w = max(w, 0.0)
+                else:
+                    w = abs(w)
+                t = w / ci
+                if t > best[j - j0]:
+                    best[j - j0] = t
+                    arg[j - j0] = i
+        for j in range(j0, j1):
+            lo[j] = best[j - j0]
+            bi = arg[j - j0]
+            if lo[j] > 0.0:
+                XT[j, bi] = (1.0 if V[bi, j] >= 0.0 else -1.0) / cost[bi]
 
 
 @njit

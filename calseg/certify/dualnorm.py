@@ -248,7 +248,7 @@ def _g_norm(norm, tol):
         if hasattr(norm, name):
             kw[name] = getattr(norm, name)
     kw["tv_tol"] = min(float(getattr(norm, "tv_tol", tol)), tol)
-    if "tv_max_iter" in kw:
+    if kw.get("tv_max_iter") is not None:
         kw["tv_max_iter"] = max(int(kw["tv_max_iter"]), 2000)
     return type(norm)(0.0, norm.l1, norm.tv, **kw)
 
@@ -538,11 +538,11 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     hi = _dual_no_tv(V, a, b, nonneg, want_x=False)[0] if hi0 is None else \
         np.array(hi0, dtype=np.float64)
     # columns as contiguous rows: every kernel below works on one image at a time
-    VT = np.ascontiguousarray(V.T, dtype=np.float64)
+    VT = np.empty((m, n))
     XT = np.zeros((m, n))
     lo = np.empty(m)
     cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
-    K.single_pixel_atoms(VT, cost, nonneg, lo, XT)
+    K.single_pixel_atoms(np.asarray(V, dtype=np.float64), cost, nonneg, VT, lo, XT)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
     done = (hi <= 0) | (hi - lo <= tol * hi)
     if prune:
