@@ -41,14 +41,15 @@ class CompositeNorm:
         Add the indicator of the nonnegative orthant (one-sided soft thresholding).
     image_shape : (int, int) or None
     connectivity : {4, 8}
-    tv_method : {"dykstra", "fista"}
-        2-D TV prox solver, see :func:`calseg.prox.tv.prox_tv2d`.
+    tv_method : str
+        2-D TV prox solver, one of :data:`calseg.prox.tv.TV2D_METHODS` (default ``"fista_nb"``,
+        the fastest on the solver's warm-started tiles), see :func:`calseg.prox.tv.prox_tv2d`.
     tv_tol : float
         Relative accuracy of the TV prox, certified by its duality gap:
         ``||x - x*|| <= tv_tol * ||y - mean(y)||`` per column (see :mod:`calseg.prox.tv`;
         values below ~1e-7 are capped by float64 rounding of the gap).
-    tv_max_iter : int
-        Iteration budget of the TV prox.
+    tv_max_iter : int or None
+        Iteration budget of the TV prox (None: the method's own default budget).
 
     Notes
     -----
@@ -60,7 +61,7 @@ class CompositeNorm:
     """
 
     def __init__(self, l2=1.0, l1=0.0, tv=0.0, *, nonnegative=True, image_shape=None,
-                 connectivity=8, tv_method="dykstra", tv_tol=1e-6, tv_max_iter=500):
+                 connectivity=8, tv_method="fista_nb", tv_tol=1e-6, tv_max_iter=None):
         from calseg.prox.tv import TV2D_METHODS
 
         for name, v in (("l2", l2), ("l1", l1), ("tv", tv)):
@@ -77,7 +78,7 @@ class CompositeNorm:
             raise ConfigError(f"tv_method must be one of {sorted(TV2D_METHODS)}, got {tv_method!r}")
         if not (isinstance(tv_tol, (int, float, np.floating)) and np.isfinite(tv_tol) and tv_tol > 0):
             raise ConfigError(f"tv_tol must be a finite number > 0, got {tv_tol!r}")
-        if not (isinstance(tv_max_iter, (int, np.integer)) and tv_max_iter >= 1):
+        if tv_max_iter is not None and not (isinstance(tv_max_iter, (int, np.integer)) and tv_max_iter >= 1):
             raise ConfigError(f"tv_max_iter must be an integer >= 1, got {tv_max_iter!r}")
         self.l2 = float(l2)
         self.l1 = float(l1)
@@ -87,7 +88,7 @@ class CompositeNorm:
         self.connectivity = int(connectivity)
         self.tv_method = tv_method
         self.tv_tol = float(tv_tol)
-        self.tv_max_iter = int(tv_max_iter)
+        self.tv_max_iter = None if tv_max_iter is None else int(tv_max_iter)
         self.last_tv_info = None
 
     def __repr__(self):
