@@ -33,6 +33,8 @@ log = logging.getLogger("calseg")
 
 #: rise time / decay time assumed when the decay is estimated from the data
 RISE_FRACTION = 0.06
+#: decay time (s) assumed for binning the peak image when it is not given (GCaMP6-like)
+PEAK_TAU_GUESS_S = 1.0
 
 @dataclass
 class Result:
@@ -157,7 +159,9 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
                  float(np.abs(motion.shifts).max()) if len(motion.shifts) else 0.0)
 
     t0 = time.perf_counter()
+    tau_guess = settings.decay()[0] or PEAK_TAU_GUESS_S
     summ = summarize(movie, block=max(16, int(round(2 * diameter))), batch_size=plan.summary_batch,
+                     bin_frames=max(1, int(round(0.5 * tau_guess * fps))), peak_sigma=diameter / 4.0,
                      progress=lambda d, n: report("summary", d, n))
     timings["summary"] = time.perf_counter() - t0
 
