@@ -130,10 +130,13 @@ def _collatz_wielandt(M, power_iters):
     return float(np.sqrt(float(np.max(Kx / x))))
 
 
-def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters, u1):
+def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters, u1, cap=float("inf")):
     """U2: min_t max(t / (b b'), sigma_max((Wb - t)_+) / (a a')) over a bisection in t.
 
     ``u1`` is U1 (the value at t = 0). ``(Wb - t)_+`` is stored sparse once it is sparse.
+    The bisection stops early once ``min(A(t), B(t))`` at an evaluated t exceeds ``cap`` (the
+    best other bound): with A increasing and B decreasing in t the minimum over t of
+    ``max(A, B)`` is then at least about that value, so U2 would not be the smallest bound.
     """
     from scipy import sparse
 
@@ -153,6 +156,8 @@ def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters, u1):
         A = t / (b_t * b_s)
         B = sigma_max_upper(S, power_iters=power_iters) / (a_t * a_s)
         best = min(best, max(A, B))
+        if min(A, B) > cap:
+            break
         if A < B:
             lo = t
         else:
@@ -276,7 +281,8 @@ def polar_upper(W, temporal, spatial, *, tol=1e-4, effort="normal"):
     bounds : dict
         ``"spectral"`` U1 ``sigma_max(W+)/(a a')``, ``"split"`` U2, ``"tv_rows"`` U3
         ``max_k h_Z°(W_k)/b'``, ``"pixels"`` U3' ``max_j h_A°(W[:, j])/b``; ``inf`` when not
-        applicable (e.g. no l1 term on the relaxed side).
+        applicable (e.g. no l1 term on the relaxed side) or skipped because a cheap lower
+        estimate of it already exceeds a bound computed before it (the minimum is unchanged).
 
     Notes
     -----
@@ -300,6 +306,13 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
     inf = float("inf")
     bounds = {"spectral": inf, "split": inf, "tv_rows": inf, "pixels": inf}
     extra = {}
+    # The row bound (usually the tightest) first: a bound whose cheap lower estimate already
+    # exceeds the best one so far cannot lower the minimum and is not computed ("skipped").
+    # Skipping never affects validity: rho_up is the minimum of the bounds that were computed.
+    if b_t > 0:
+        up, low, kb, xb, rows_lo = _rows_sandwich(W, temporal, spatial, tol=tol, budget=budget)
+        bounds["tv_rows"] = up / b_t
+        extra.update(row_scores=rows_lo, row_best=(low, kb, xb))
     if a_t > 0 and a_s > 0:
         Wb = np.maximum(W, 0) if both_nonneg else np.abs(W)
         u1 = sigma_max_upper(Wb, power_iters=power_iters)
@@ -308,14 +321,17 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
         bounds["spectral"] = u1 / (a_t * a_s)
         if b_t > 0 and b_s > 0:
             bounds["split"] = _split_bound(Wb, a_t, b_t, a_s, b_s, split_steps, power_iters,
-                                           bounds["spectral"])
+                                           bounds["spectral"], cap=min(bounds.values()))
         del Wb
-    if b_t > 0:
-        up, low, kb, xb, rows_lo = _rows_sandwich(W, temporal, spatial, tol=tol, budget=budget)
-        bounds["tv_rows"] = up / b_t
-        extra.update(row_scores=rows_lo, row_best=(low, kb, xb))
     if b_s > 0:
-        bounds["pixels"], extra["col_scores"] = _cols_bound(W, temporal, spatial)
+        # every single-entry atom e_t e_j / (h_A(e_t) h_Z(e_j)) is feasible for the pixel bound's
+        # maximisation, so max W+ / ((a_t + b_t) b_s) is a lower estimate of it
+        cheap = float(np.max(np.maximum(W, 0) if temporal.nonnegative else np.abs(W))) \
+            / ((a_t + b_t) * b_s)
+        if cheap < min(bounds.values()):
+            bounds["pixels"], extra["col_scores"] = _cols_bound(W, temporal, spatial)
+        else:
+            extra["skipped"] = ["pixels"]
     rho = min(bounds.values())
     return rho, bounds, extra
 
