@@ -323,7 +323,7 @@ def test_killed_batch_resumes_to_completion(tmp_path):
     out = tmp_path / "out"
     marker = tmp_path / "calls.jsonl"
     proc = _start(["batch", tmp_path / "in", "-o", out, "--fps", 10],
-                  {"CALSEG_TEST_SLOW_SEGMENT": "1.5", "CALSEG_TEST_MARKER": str(marker)})
+                  {"CALSEG_TEST_SLOW_SEGMENT": "3", "CALSEG_TEST_MARKER": str(marker)})
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # wait until r0 is finished and r1 is under way
