@@ -41,7 +41,7 @@ def _median_bisect(a, n, iters):
 
 
 @njit(parallel=True)
-def batch_stats(X, k, s1, ss, cross, dmed, med, peak):
+def batch_stats(X, k, with_peak, s1, ss, cross, dmed, med, peak):
     """Statistics of one batch ``X`` (t, H, W) float32, written into preallocated outputs.
 
     Parameters
@@ -49,6 +49,9 @@ def batch_stats(X, k, s1, ss, cross, dmed, med, peak):
     X : ndarray of shape (t, H, W), float32
     k : int
         Width of the running mean whose maximum gives ``peak``.
+    with_peak : bool
+        Compute ``med`` and ``peak`` (a median per pixel, the costliest part); when False they
+        are left untouched (the caller makes its peak image another way).
     s1 : (H, W) float64     sum over frames
     ss : (H, W) float64     sum of squares about the batch mean
     cross : (4, H, W) float64
@@ -117,17 +120,19 @@ def batch_stats(X, k, s1, ss, cross, dmed, med, peak):
             cross[1, i, j] = a1
             cross[2, i, j] = a2
             cross[3, i, j] = a3
-            # medians and the running-mean peak, on the raw values (mean added back)
-            for s in range(t):
-                buf[s] = R[j, s] + mu[j]
-            m = np.float32(_median_bisect(buf, t, 20))
-            med[i, j] = m
             if t >= 2:
                 for s in range(t - 1):
                     dbuf[s] = abs(R[j, s + 1] - R[j, s])
                 dmed[i, j] = np.float32(_median_bisect(dbuf, t - 1, 20))
             else:
                 dmed[i, j] = 0.0
+            if not with_peak:
+                continue
+            # median and the running-mean peak, on the raw values (mean added back)
+            for s in range(t):
+                buf[s] = R[j, s] + mu[j]
+            m = np.float32(_median_bisect(buf, t, 20))
+            med[i, j] = m
             run = 0.0
             for s in range(kk):
                 run += R[j, s]

@@ -125,7 +125,7 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         X = np.ascontiguousarray(X, dtype=np.float32)
         t = X.shape[0]
         coarse[start:start + t] = _block_sums(X, block, nby, nbx) / counts
-        batch_stats(X, k, b_s1, b_ss, b_cross, b_dmed, b_med, b_peak)
+        batch_stats(X, k, not smoothed, b_s1, b_ss, b_cross, b_dmed, b_med, b_peak)
         if t >= 2:
             noise_parts.append((b_dmed * _MAD_TO_SD, t))
         s1 += b_s1

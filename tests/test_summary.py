@@ -15,10 +15,16 @@ def test_batch_stats_matches_twin(shape, k):
     t, H, W = shape
     out = [np.empty((H, W)), np.empty((H, W)), np.empty((4, H, W)), np.empty((H, W), np.float32),
            np.empty((H, W), np.float32), np.empty((H, W), np.float32)]
-    batch_stats(X, k, *out)
+    batch_stats(X, k, True, *out)
     ref = batch_stats_twin(X, k)
     for got, want in zip(out, ref):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    # without the peak: the same statistics, median and peak left as they were
+    out2 = [np.empty_like(o) for o in out[:4]] + [np.full((H, W), -7, np.float32) for _ in range(2)]
+    batch_stats(X, k, False, *out2)
+    for got, want in zip(out2[:4], ref[:4]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-3)
+    assert np.all(out2[4] == -7) and np.all(out2[5] == -7)
 
 
 def test_summary_finds_a_correlated_cell_and_unit_noise():
