@@ -326,8 +326,8 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
     if b_s > 0:
         # every single-entry atom e_t e_j / (h_A(e_t) h_Z(e_j)) is feasible for the pixel bound's
         # maximisation, so max W+ / ((a_t + b_t) b_s) is a lower estimate of it
-        cheap = float(np.max(np.maximum(W, 0) if temporal.nonnegative else np.abs(W))) \
-            / ((a_t + b_t) * b_s)
+        top = max(float(W.max()), 0.0) if temporal.nonnegative else float(np.abs(W).max())
+        cheap = top / ((a_t + b_t) * b_s)
         if cheap < min(bounds.values()):
             bounds["pixels"], extra["col_scores"] = _cols_bound(W, temporal, spatial)
         else:
