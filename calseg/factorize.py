@@ -401,7 +401,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
 
         certificate, _ = certify_fn(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                     spatial=spatial_norm, background=bg, tol=float(certificate_tol),
-                                    effort=certificate_effort, seed=int(seed))
+                                    effort=certificate_effort, seed=int(seed), pre=pre)
 
     settings = {k: v for k, v in params.items() if k not in ("callback", "init", "background")}
     if not isinstance(operator, str):

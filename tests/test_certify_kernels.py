@@ -76,8 +76,11 @@ def _tv_case(seed, shape, m, conn, nonneg):
 @pytest.mark.parametrize("prune", [False, True])
 @pytest.mark.parametrize("shape,m", [((9, 11), 70), ((5, 4), 7), ((1, 6), 3), ((6, 1), 40)])
 def test_dual_tv_cert_kernels_match_numpy_twin(conn, nonneg, prune, shape, m):
-    """Kernel path (threaded for >= 32 columns, serial below) and numpy twin: same brackets,
-    maximisers and running best, round for round (float32 and float64 inner solver)."""
+    """Fused kernel (blocks of images in parallel) and numpy twin (one image at a time around
+    the one-image FISTA kernel). float64 inner solver: same brackets, maximisers and running
+    best to 1e-9, round for round. float32: the two compiled FISTA loops may associate float32
+    sums differently and a round can end differently, so each bracket must contain the other's
+    lower end and the best values agree to the tolerance."""
     from calseg.certify.dualnorm import _dual_tv_cert, _dual_tv_cert_numpy
 
     V, norm = _tv_case(11 + conn + m, shape, m, conn, nonneg)
@@ -85,10 +88,16 @@ def test_dual_tv_cert_kernels_match_numpy_twin(conn, nonneg, prune, shape, m):
         kw = dict(tol=tol, prune=prune, max_iter=300, inner0=10, floor=0.2 if prune else None)
         lo, hi, X, best = _dual_tv_cert(V, norm, **kw)
         lo2, hi2, X2, best2 = _dual_tv_cert_numpy(V, norm, **kw)
-        np.testing.assert_allclose(lo, lo2, rtol=1e-9, atol=1e-14)
-        np.testing.assert_allclose(hi, hi2, rtol=1e-9, atol=1e-14)
-        np.testing.assert_allclose(X, X2, rtol=1e-9, atol=1e-12)
-        assert best == pytest.approx(best2, rel=1e-12)
+        if tol < 1e-5:
+            np.testing.assert_allclose(lo, lo2, rtol=1e-9, atol=1e-14)
+            np.testing.assert_allclose(hi, hi2, rtol=1e-9, atol=1e-14)
+            np.testing.assert_allclose(X, X2, rtol=1e-7, atol=1e-9)
+            assert best == pytest.approx(best2, rel=1e-12)
+        else:
+            assert np.all(lo <= hi2 * (1 + 1e-9) + 1e-14) and np.all(lo2 <= hi * (1 + 1e-9) + 1e-14)
+            assert best == pytest.approx(best2, rel=2 * tol)
+            if not prune:
+                np.testing.assert_allclose(hi, hi2, rtol=2 * tol, atol=1e-14)
         assert np.all(lo <= hi * (1 + 1e-12))
         np.testing.assert_allclose(np.einsum("ij,ij->j", V, X), lo, rtol=1e-10, atol=1e-14)
         h = norm.value(X)
@@ -121,34 +130,37 @@ def test_dual_tv_cert_kernel_brackets_contain_reference(conn, nonneg):
         assert hi.max() <= ref.max() * (1 + 2 * tol) + 1e-14
 
 
-def test_single_pixel_atoms_kernel_matches_numpy():
-    from calseg.certify._kernels import single_pixel_atoms
+def test_single_pixel_rows_kernel_matches_numpy():
+    from calseg.certify._kernels import single_pixel_rows
     from calseg.certify.dualnorm import _single_pixel_atoms, degrees
 
     for nonneg in (True, False):
         V, norm = _tv_case(5, (6, 7), 9, 8, nonneg)
-        V = V[:, ::-1]                                     # any layout
         V[:, 1] = 0.0
         lo2, X2 = _single_pixel_atoms(V, norm)
-        lo, VT, XT = np.empty(9), np.empty((9, 42)), np.zeros((9, 42))
+        lo, XT = np.empty(9), np.zeros((9, 42))
         cost = 1.0 + 0.7 + 0.5 * degrees((6, 7), 8)
-        single_pixel_atoms(V, cost, nonneg, VT, lo, XT)
-        np.testing.assert_array_equal(VT, V.T)
+        single_pixel_rows(np.ascontiguousarray(V.T), cost, nonneg, lo, XT)
         np.testing.assert_allclose(lo, lo2, rtol=1e-15)     # fastmath: w / c as w * (1 / c)
         np.testing.assert_allclose(XT.T, X2, rtol=1e-15)
 
 
-@pytest.mark.parametrize("kernel", ["gather_scale", "gather_scale_serial"])
-def test_gather_scale_matches_fancy_indexing(kernel):
-    from calseg.certify import _kernels as K
+def test_cert_columns_same_result_for_any_thread_count():
+    """Blocks of images run in parallel with the floor of the earlier blocks: the brackets do
+    not depend on how many threads run them."""
+    import numba
 
-    rng = np.random.default_rng(2)
-    S = rng.normal(size=(5, 4, 9)).astype(np.float32)
-    idx = np.array([0, 3, 4, 8])
-    ratio = rng.uniform(0.5, 2.0, 4).astype(np.float32)
-    out = np.empty((5, 4, 4), np.float32)
-    getattr(K, kernel)(S, idx, ratio, out)
-    np.testing.assert_array_equal(out, S[:, :, idx] * ratio)
-    out64 = np.empty((5, 4, 4), np.float32)                  # float64 source, float32 out
-    getattr(K, kernel)(S.astype(np.float64), idx, np.ones(4), out64)
-    np.testing.assert_array_equal(out64, S[:, :, idx])
+    from calseg.certify.dualnorm import _dual_tv_cert
+
+    V, norm = _tv_case(7, (9, 11), 100, 8, True)
+    kw = dict(tol=1e-3, prune=True, floor=0.2, max_iter=300, inner0=4)
+    n0 = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = _dual_tv_cert(V, norm, **kw)
+        numba.set_num_threads(max(n0, 1))
+        many = _dual_tv_cert(V, norm, **kw)
+    finally:
+        numba.set_num_threads(n0)
+    for x, y in zip(one[:3], many[:3]):
+        np.testing.assert_array_equal(x, y)

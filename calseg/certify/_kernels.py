@@ -1,6 +1,6 @@
 """Numba kernels of the certified TV dual norm: the upper-end search (numpy twin: the loop it
-replaced, ``tests/test_certify_kernels.py::bisect_fq_twin``) and the per-round column work
-around the FISTA steps (numpy twin: ``calseg.certify.dualnorm._dual_tv_cert_numpy``).
+replaced, ``tests/test_certify_kernels.py::bisect_fq_twin``) and the whole bracket of each
+image, FISTA steps included (numpy twin: ``calseg.certify.dualnorm._dual_tv_cert_numpy``).
 
 For a column ``v`` and a fixed TV-dual direction ``d = tv G^T q`` the function
 ``F(mu) = ||S_{mu b}(v - mu d)||_2 - a mu`` is convex with ``F(mu) <= 0`` proving ``mu``
@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .._jit import njit, prange
+from ..prox._dual_kernels import _extrapolate, _fista_step, _momentum
 
 
 @njit
@@ -69,51 +70,6 @@ def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, floor, prune, good):
         _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, floor, prune, good)
 
 
-# ------------------------------------------------------------------------------------------
-# one round of the certified TV dual norm (``calseg.certify.dualnorm._dual_tv_cert``):
-# everything after the FISTA steps, per column (numpy twin: ``_dual_tv_cert_numpy``).
-# Columns are rows of ``VT`` (m, n), images H x W in C order; the TV duals ``P`` are the
-# FISTA kernel's family arrays (H, W-1, na), (H-1, W, na) [, (H-1, W-1, na) x 2] in the
-# order of ``dualnorm._grad``, one column per active image.
-
-
-@njit
-def _gtp_block(P, j0, j1, H, W, D):
-    """``D[j] = G^T p`` (float64) for the columns ``j0 <= j < j1`` of the family arrays ``P``.
-
-    One stencil per pixel with the columns innermost: the families store the columns along
-    their last axis, so a block reads whole cache lines and writes each ``D`` entry once
-    (measured 2-4x faster than one column at a time or accumulating family by family)."""
-    eight = len(P) == 4
-    P0 = P[0]
-    P1 = P[1]
-    for i in range(H):
-        for k in range(W):
-            e = i * W + k
-            for j in range(j0, j1):
-                s = 0.0
-                if k < W - 1:
-                    s += P0[i, k, j]
-                if k > 0:
-                    s -= P0[i, k - 1, j]
-                if i < H - 1:
-                    s += P1[i, k, j]
-                if i > 0:
-                    s -= P1[i - 1, k, j]
-                if eight:
-                    if i < H - 1:
-                        if k < W - 1:
-                            s += P[2][i, k, j]
-                        if k > 0:
-                            s += P[3][i, k - 1, j]
-                    if i > 0:
-                        if k > 0:
-                            s -= P[2][i - 1, k - 1, j]
-                        if k < W - 1:
-                            s -= P[3][i - 1, k, j]
-                D[j, e] = s
-
-
 @njit
 def _tv_column(x, H, W, eight):
     """Grid TV ``sum |x_a - x_b|`` of an image ``x`` (n,) in C order."""
@@ -132,162 +88,211 @@ def _tv_column(x, H, W, eight):
     return s
 
 
+
+# ------------------------------------------------------------------------------------------
+# the whole certified TV dual norm of one image in thread-local buffers (``cert_columns``):
+# the same bracket rounds as ``cert_round`` + the FISTA kernel, without gathering images
+# between layouts every round (numpy twin: ``calseg.certify.dualnorm._dual_tv_cert_numpy``)
+
+
 @njit
-def _round_lower(VT, act, mu, H, W, eight, a, b, c, nonneg, lo, XT, D, vals, j):
-    """Primal point of column ``j`` (``D[j] = G^T p`` on entry): ``x = S_{mu b}(v - G^T p)``, ``vals[j] = <v, x> / h(x)``
-    (0 when ``h(x) = 0``); improves ``lo``/``XT`` of image ``act[j]``; ``D[j] = G^T p / mu``."""
-    col = act[j]
-    v = VT[col]
-    g = D[j]                                               # G^T p, from _gtp_block
-    n = H * W
-    x = np.empty(n)
-    thr = mu[j] * b
-    s2 = 0.0
-    s1 = 0.0
-    vx = 0.0
-    for i in range(n):
-        u = v[i] - g[i]
-        if nonneg:
-            xi = u - thr
-            if xi < 0.0:
-                xi = 0.0
+def _box_down(scale, buf):
+    """``scale`` rounded down to ``buf``'s dtype, so that clipping to it keeps ``|p| <= scale``."""
+    buf[0] = scale
+    s = buf[0]
+    if np.float64(s) > scale:
+        s = np.nextafter(s, s * 0)
+    return s
+
+
+@njit
+def _gtp_padded(P, H, W, g):
+    """``g = G^T p`` (float64, C order) for a padded dual ``P`` (K, H + 1, W + 1)."""
+    K = P.shape[0]
+    for i in range(H):
+        for j in range(W):
+            s = (np.float64(P[0, i + 1, j + 1]) - np.float64(P[0, i + 1, j])
+                 + np.float64(P[1, i + 1, j + 1]) - np.float64(P[1, i, j + 1]))
+            if K == 4:
+                s += (np.float64(P[2, i + 1, j + 1]) - np.float64(P[2, i, j])
+                      + np.float64(P[3, i + 1, j]) - np.float64(P[3, i, j + 1]))
+            g[i * W + j] = s
+
+
+@njit
+def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, floor, prune):
+    """:func:`_bisect_column` on scalars: ``(good, r, lft)``."""
+    if not _fq(v, d, r, a, b, nonneg) <= 0.0:
+        return False, r, lft
+    for _ in range(64):
+        if r - lft <= 0.05 * tol * r:
+            break
+        if prune and r <= floor * (1.0 + tol):
+            break
+        mid = 0.5 * (lft + r)
+        if _fq(v, d, mid, a, b, nonneg) <= 0.0:
+            r = mid
         else:
-            au = abs(u) - thr
-            if au > 0.0:
-                xi = au if u > 0.0 else -au
+            lft = mid
+    return True, r, lft
+
+
+@njit
+def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, floor, cap, prune,
+                 max_iter, inner0, L_inv, proto):
+    """All bracket rounds of image ``VT[col]`` (see :func:`cert_columns`)."""
+    v = VT[col]
+    n = H * W
+    lc = lo[col]
+    hc = hi[col]
+    fl = max(floor, lc)
+    stop = max(fl * (1.0 + tol), cap) if prune else -np.inf
+    if hc <= 0.0 or hc - lc <= tol * hc or hc <= stop:
+        return
+    dt = proto.dtype
+    v32 = np.empty((H, W), dt)
+    for i in range(H):
+        for j in range(W):
+            v32[i, j] = v[i * W + j]
+    P = np.zeros((K, H + 1, W + 1), dt)
+    Z = np.empty_like(P)
+    x32 = np.empty((H, W), dt)
+    beta = np.zeros(1, dt)
+    buf = np.zeros(1, dt)
+    _box_down(L_inv, buf)
+    Linv = buf[0]
+    g = np.empty(n)
+    xs = np.empty(n)
+    eight = K == 4
+    old = 0.0
+    inner = inner0
+    used = 0
+    nr = 0
+    while used < max_iter:
+        mu = 0.5 * (lc + hc)
+        scale = mu * c
+        s = _box_down(scale, buf)
+        if old > 0.0:                                  # rescale the warm start to the new box
+            buf[0] = scale / max(old, 1e-300)
+            ratio = buf[0]
+            Pf = P.reshape(-1)
+            for q in range(Pf.shape[0]):
+                Pf[q] = min(max(Pf[q] * ratio, -s), s)
+        old = scale
+        n_in = min(inner, max_iter - used)
+        Z[:] = P
+        t = 1.0
+        for _ in range(n_in):
+            ip = _fista_step(v32, Z, P, x32, s, Linv, K)
+            t = _momentum(ip, t, beta)
+            _extrapolate(Z, P, beta[0])
+        used += n_in
+        nr += 1
+        _gtp_padded(P, H, W, g)
+        # lower end: the primal point of the prox at mu, normalised
+        thr = mu * b
+        s2 = 0.0
+        s1 = 0.0
+        vx = 0.0
+        for i in range(n):
+            u = v[i] - g[i]
+            if nonneg:
+                xi = u - thr
+                if xi < 0.0:
+                    xi = 0.0
             else:
-                xi = 0.0
-        x[i] = xi
-        s2 += xi * xi
-        s1 += abs(xi)
-        vx += v[i] * xi
-    h = a * math.sqrt(s2) + b * s1 + c * _tv_column(x, H, W, eight)
-    val = vx / h if h > 0.0 else 0.0
-    vals[j] = val
-    if val > lo[col]:
-        lo[col] = val
-        for i in range(n):
-            XT[col, i] = x[i] / h
-    den = max(mu[j], 1e-300)
-    for i in range(n):
-        g[i] = g[i] / den
-
-
-@njit
-def _round_upper(VT, act, D, a, b, nonneg, tol, floor, best, prune, lo, hi, r, lft, good,
-                 keep, slow, j):
-    """Bisection of ``F_q`` for column ``j`` (direction ``D[j]``), then its bookkeeping."""
-    col = act[j]
-    r[j] = hi[col]
-    lft[j] = min(lo[col], r[j])
-    _bisect_column(VT[col], D[j], r, lft, j, a, b, nonneg, tol, floor, prune, good)
-    width_old = hi[col] - lo[col]
-    if good[j]:
-        hi[col] = min(hi[col], r[j])
-    width = hi[col] - lo[col]
-    k = width > tol * hi[col]
-    if prune:
-        k = k and hi[col] > best * (1.0 + tol)
-    keep[j] = k
-    slow[j] = k and width > 0.25 * width_old
-
-
-@njit(parallel=True)
-def cert_round(VT, act, P, mu, H, W, a, b, c, nonneg, tol, best, prune, lo, hi, XT, D, vals,
-               r, lft, good, keep, slow, best_out):
-    """One round of the certified TV dual norm after the FISTA steps, in place.
-
-    VT (m, n) float64 columns; act (na,) int64 active columns; P the FISTA duals (``p = mu c
-    q``, families of :func:`_gtp_column`); mu (na,) bracket midpoints; lo, hi (m,) brackets and
-    XT (m, n) maximisers (updated for ``act``); best (float, may be -inf) the running best lower
-    value, ``best_out[0]`` receives it after this round's lower ends. Scratch/outputs per
-    active column: D (>= na, n), vals, r, lft (na,) float64, good, keep, slow (na,) bool.
-    Lower ends of all columns first (in parallel), then the best, then the bisections.
-    """
-    na = act.shape[0]
-    eight = len(P) == 4
-    bs = 64                              # columns per G^T p block (measured)
-    for blk in prange((na + bs - 1) // bs):
-        j0 = blk * bs
-        j1 = min(j0 + bs, na)
-        _gtp_block(P, j0, j1, H, W, D)
-        for j in range(j0, j1):
-            _round_lower(VT, act, mu, H, W, eight, a, b, c, nonneg, lo, XT, D, vals, j)
-    for j in range(na):
-        if vals[j] > best:
-            best = vals[j]
-    best_out[0] = best
-    floor = best if math.isfinite(best) else -1.0
-    for j in prange(na):
-        _round_upper(VT, act, D, a, b, nonneg, tol, floor, best, prune, lo, hi, r, lft, good,
-                     keep, slow, j)
-
-
-@njit
-def cert_round_serial(VT, act, P, mu, H, W, a, b, c, nonneg, tol, best, prune, lo, hi, XT, D,
-                      vals, r, lft, good, keep, slow, best_out):
-    """:func:`cert_round` on one thread (a few columns)."""
-    na = act.shape[0]
-    _gtp_block(P, 0, na, H, W, D)
-    for j in range(na):
-        _round_lower(VT, act, mu, H, W, len(P) == 4, a, b, c, nonneg, lo, XT, D, vals, j)
-    for j in range(na):
-        if vals[j] > best:
-            best = vals[j]
-    best_out[0] = best
-    floor = best if math.isfinite(best) else -1.0
-    for j in range(na):
-        _round_upper(VT, act, D, a, b, nonneg, tol, floor, best, prune, lo, hi, r, lft, good,
-                     keep, slow, j)
-
-
-@njit(parallel=True)
-def gather_scale(S, idx, ratio, out):
-    """``out[:, :, j] = S[:, :, idx[j]] * ratio[j]`` for S (H, W, m), out (H, W, len(idx))."""
-    for i in prange(S.shape[0]):
-        for k in range(S.shape[1]):
-            for j in range(idx.shape[0]):
-                out[i, k, j] = S[i, k, idx[j]] * ratio[j]
-
-
-@njit(parallel=True)
-def single_pixel_atoms(V, cost, nonneg, VT, lo, XT):
-    """Columns of ``V`` (n, m) copied to the rows of ``VT`` (m, n), and the best single-pixel
-    atom ``±e_i / cost_i`` of each: ``lo[j] = max_i w_i^+ / cost_i`` (first maximiser),
-    ``XT[j]`` (zeroed by the caller) the atom (left 0 when the value is 0).
-
-    Blocks of columns in parallel, rows of ``V`` read contiguously."""
-    n, m = V.shape
-    bs = 64
-    for blk in prange((m + bs - 1) // bs):
-        j0 = blk * bs
-        j1 = min(j0 + bs, m)
-        best = np.full(j1 - j0, -1.0)
-        arg = np.zeros(j1 - j0, np.int64)
-        for i in range(n):
-            ci = cost[i]
-            for j in range(j0, j1):
-                w = V[i, j]
-                VT[j, i] = w
-                if nonneg:
-                    w = max(w, 0.0)
+                au = abs(u) - thr
+                if au > 0.0:
+                    xi = au if u > 0.0 else -au
                 else:
-                    w = abs(w)
-                t = w / ci
-                if t > best[j - j0]:
-                    best[j - j0] = t
-                    arg[j - j0] = i
-        for j in range(j0, j1):
-            lo[j] = best[j - j0]
-            bi = arg[j - j0]
-            if lo[j] > 0.0:
-                XT[j, bi] = (1.0 if V[bi, j] >= 0.0 else -1.0) / cost[bi]
+                    xi = 0.0
+            xs[i] = xi
+            s2 += xi * xi
+            s1 += abs(xi)
+            vx += v[i] * xi
+        hx = a * math.sqrt(s2) + b * s1 + c * _tv_column(xs, H, W, eight)
+        val = vx / hx if hx > 0.0 else 0.0
+        if val > lc:
+            lc = val
+            for i in range(n):
+                XT[col, i] = xs[i] / hx
+        fl = max(fl, lc)
+        # upper end: the smallest root of F_q, q = p / (mu c)
+        den = max(mu, 1e-300)
+        for i in range(n):
+            g[i] = g[i] / den
+        width_old = hc - lc
+        good, r, _ = _bisect_scalar(v, g, hc, min(lc, hc), a, b, nonneg, tol, fl, prune)
+        if good:
+            hc = min(hc, r)
+        width = hc - lc
+        stop = max(fl * (1.0 + tol), cap) if prune else -np.inf
+        if width <= tol * hc or hc <= stop:
+            break
+        if width > 0.25 * width_old:
+            inner = min(2 * inner, 2000)
+    lo[col] = lc
+    hi[col] = hc
+    rounds[col] = nr
 
 
-@njit
-def gather_scale_serial(S, idx, ratio, out):
-    """:func:`gather_scale` on one thread."""
-    for i in range(S.shape[0]):
-        for k in range(S.shape[1]):
-            for j in range(idx.shape[0]):
-                out[i, k, j] = S[i, k, idx[j]] * ratio[j]
+@njit(parallel=True)
+def cert_columns(VT, order, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, floor, cap,
+                 prune, max_iter, inner0, L_inv, block, proto):
+    """Certified brackets ``lo <= h°(v) <= hi`` of the images ``VT[order]`` (rows of VT (m, n),
+    float64), in place; returns the best lower value (at least ``floor``).
+
+    On entry ``lo``/``XT`` hold each image's single-pixel atom and ``hi`` an upper bound (the
+    no-TV dual norm). Every image runs its rounds (FISTA on the TV-prox dual at the bracket
+    midpoint, warm-started; lower end from the primal point; upper end by bisection of
+    ``F_q``, doubling its steps when the bracket shrinks slowly) in thread-local float32
+    buffers, until ``hi - lo <= tol hi``, its step budget ``max_iter`` is spent, or (``prune``)
+    ``hi <= max(best (1 + tol), cap)`` with ``cap`` raised to the largest ``hi`` of the
+    earlier blocks: then it cannot raise ``max(best, cap)``, the branch and bound of
+    ``max_k h°(v_k)`` (``max(hi)`` stays a valid upper bound on it). Images go in blocks of ``block`` (in ``order``), in
+    parallel inside a block, with the running best of the earlier blocks as the floor: the
+    result does not depend on the number of threads. ``rounds`` receives each image's round
+    count. The inner solver runs in ``proto``'s dtype (float32 halves its memory traffic and
+    limits the dual accuracy to ~1e-6 relative; float64 for tighter tolerances).
+    """
+    best = floor
+    m = order.shape[0]
+    nb = (m + block - 1) // block
+    for ib in range(nb):
+        s0 = ib * block
+        s1 = min(s0 + block, m)
+        fl = best
+        cp = cap
+        for q in prange(s0, s1):
+            _cert_column(VT, order[q], lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, fl,
+                         cp, prune, max_iter, inner0, L_inv, proto)
+        for q in range(s0, s1):
+            if lo[order[q]] > best:
+                best = lo[order[q]]
+            if prune and hi[order[q]] > cap:
+                cap = hi[order[q]]
+    return best
+
+
+@njit(parallel=True)
+def single_pixel_rows(VT, cost, nonneg, lo, XT):
+    """Best single-pixel atom ``±e_i / cost_i`` of each row of ``VT`` (m, n):
+    ``lo[j] = max_i w_i^+ / cost_i`` (first maximiser), ``XT[j]`` (zeroed by the caller) the
+    atom (left 0 when the value is 0). Rows in parallel."""
+    m, n = VT.shape
+    for j in prange(m):
+        best = -1.0
+        arg = 0
+        for i in range(n):
+            w = VT[j, i]
+            if nonneg:
+                w = max(w, 0.0)
+            else:
+                w = abs(w)
+            t = w / cost[i]
+            if t > best:
+                best = t
+                arg = i
+        lo[j] = best
+        if best > 0.0:
+            XT[j, arg] = (1.0 if VT[j, arg] >= 0.0 else -1.0) / cost[arg]

@@ -528,82 +528,66 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
     ``hi0`` optionally gives precomputed upper bounds (e.g. the no-TV dual norms).
     Returns ``(lo, hi, X, best)`` with ``X`` the best feasible maximisers (``h(x) = 1``).
     """
+    VT = np.ascontiguousarray(np.asarray(V, dtype=np.float64).T)
+    lo, hi, XT, best = _dual_tv_cert_rows(VT, norm, tol=tol, floor=floor, prune=prune,
+                                          max_iter=max_iter, inner0=inner0, hi0=hi0)
+    return lo, hi, XT.T, best
+
+
+#: images per parallel block of the certified TV dual norm: the running best (the pruning
+#: floor) advances between blocks, so results do not depend on the number of threads
+_CERT_BLOCK = 32
+
+
+def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_iter=20000,
+                       inner0=20, hi0=None, lo0=None, XT0=None):
+    """:func:`_dual_tv_cert` on the rows of ``VT`` (m, n) (float64, C order): images stored
+    contiguously, e.g. rows of a residual correlation ``W``; no transposes.
+
+    ``cap`` (with ``prune``): also abandon images whose upper end is at or below it (an upper
+    bound already established elsewhere: they cannot raise the maximum). ``lo0``/``XT0``:
+    precomputed single-pixel lower values and atoms (see
+    :func:`calseg.certify._kernels.single_pixel_rows`). Returns ``(lo, hi, XT, best)``, ``XT``
+    (m, n).
+    """
     from calseg.certify import _kernels as K
 
     a, b, c = _weights(norm)
     nonneg = bool(norm.nonnegative)
     H, Wd = (int(s) for s in norm.image_shape)
     conn = int(norm.connectivity)
-    n, m = V.shape
-    hi = _dual_no_tv(V, a, b, nonneg, want_x=False)[0] if hi0 is None else \
+    VT = np.ascontiguousarray(VT, dtype=np.float64)
+    m, n = VT.shape
+    hi = _dual_no_tv(VT.T, a, b, nonneg, want_x=False)[0] if hi0 is None else \
         np.array(hi0, dtype=np.float64)
-    # columns as contiguous rows: every kernel below works on one image at a time
-    VT = np.empty((m, n))
-    XT = np.zeros((m, n))
-    lo = np.empty(m)
-    cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
-    K.single_pixel_atoms(np.asarray(V, dtype=np.float64), cost, nonneg, VT, lo, XT)
+    if lo0 is None:
+        lo = np.empty(m)
+        XT = np.zeros((m, n))
+        cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
+        K.single_pixel_rows(VT, np.ascontiguousarray(cost, dtype=np.float64), nonneg, lo, XT)
+    else:
+        lo, XT = np.array(lo0, dtype=np.float64), np.array(XT0, dtype=np.float64)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
-    done = (hi <= 0) | (hi - lo <= tol * hi)
-    if prune:
-        done |= hi <= best * (1 + tol)
-    act = np.flatnonzero(~done)
     # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
     # ~1e-6 relative, so high-accuracy requests stay in float64
-    fdt = np.dtype(np.float32 if tol >= 1e-5 else np.float64)
-    nfam = 4 if conn == 8 else 2
-    na0 = act.size
-    # per-round scratch, sliced to the active count
-    D = np.empty((na0, n))
-    vals, r, lft = np.empty(na0), np.empty(na0), np.empty(na0)
-    good, keep, slow = (np.empty(na0, dtype=np.bool_) for _ in range(3))
-    best_out = np.empty(1)
-    V3 = np.empty((H, Wd, na0), dtype=fdt)
-    (K.gather_scale if na0 >= 32 else K.gather_scale_serial)(
-        V.reshape(H, Wd, m), act, np.ones(na0), V3)
-    p = [np.zeros(_edge_shape(k, H, Wd) + (na0,), dtype=fdt) for k in range(nfam)]
-    old_scale = None
-    inner = inner0
-    used = 0
-    while act.size and used < max_iter:
-        na = act.size
-        mu_g = 0.5 * (lo[act] + hi[act])
-        scale = mu_g * c                                   # box of p = mu c q
-        if old_scale is not None:
-            # compact to the kept columns and rescale to the new box (the FISTA kernel clips
-            # its start to the box, as the numpy twin does)
-            ratio = (scale / np.maximum(old_scale[keep_idx], 1e-300)).astype(fdt)
-            gather = K.gather_scale if na >= 32 else K.gather_scale_serial
-            pk = [np.empty(pi.shape[:2] + (na,), dtype=fdt) for pi in p]
-            for pi, qi in zip(p, pk):
-                gather(pi, keep_idx, ratio, qi)
-            p = pk
-            if na < V3.shape[2]:
-                V3k = np.empty((H, Wd, na), dtype=fdt)
-                gather(V3, keep_idx, np.ones(na, dtype=fdt), V3k)
-                V3 = V3k
-        old_scale = scale
-        n_in = min(inner, max_iter - used)
-        p = _tv_dual_fista(V3, p, scale, n_in, conn)
-        used += n_in
-        kern = K.cert_round if na >= 32 else K.cert_round_serial
-        kern(VT, act, tuple(p), mu_g, H, Wd, float(a), float(b), float(c), nonneg, float(tol),
-             float(best), bool(prune), lo, hi, XT, D, vals[:na], r[:na], lft[:na], good[:na],
-             keep[:na], slow[:na], best_out)
-        best = float(best_out[0])
-        if np.any(slow[:na]):
-            inner = min(2 * inner, 2000)
-        keep_idx = np.flatnonzero(keep[:na])
-        act = act[keep_idx]
-    return lo, hi, XT.T, best
+    proto = np.zeros(0, dtype=np.float32 if tol >= 1e-5 else np.float64)
+    order = np.arange(m, dtype=np.int64)
+    rounds = np.zeros(m, dtype=np.int64)
+    L_inv = 1.0 / (16.0 if conn == 8 else 8.0)              # ||G||^2 <= 2 * max degree
+    best = K.cert_columns(VT, order, lo, hi, XT, rounds, H, Wd, 4 if conn == 8 else 2,
+                          float(a), float(b), float(c), nonneg, float(tol),
+                          float(best) if np.isfinite(best) else -1.0,
+                          float(cap) if (cap is not None and prune) else -1.0, bool(prune),
+                          int(max_iter), int(inner0), L_inv, _CERT_BLOCK, proto)
+    return lo, hi, XT, float(best)
 
 
-def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inner0=20,
-                        hi0=None):
-    """:func:`_dual_tv_cert` in numpy around the same FISTA kernel: the twin of the kernels
-    ``calseg.certify._kernels.cert_round`` / ``single_pixel_atoms`` / ``gather_scale``
-    (same brackets up to rounding)."""
-    from calseg.certify._kernels import bisect_fq, bisect_fq_serial
+def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, cap=None, prune=False, max_iter=20000,
+                        inner0=20, hi0=None):
+    """:func:`_dual_tv_cert` in numpy around the same FISTA steps (the one-image kernel): the
+    twin of ``calseg.certify._kernels.cert_columns`` / ``single_pixel_rows`` (same brackets,
+    maximisers and running best up to rounding)."""
+    from calseg.certify._kernels import bisect_fq_serial
 
     a, b, c = _weights(norm)
     nonneg = bool(norm.nonnegative)
@@ -614,67 +598,61 @@ def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, prune=False, max_iter=20000
         np.array(hi0, dtype=np.float64)
     lo, X = _single_pixel_atoms(V, norm)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
-    done = (hi <= 0) | (hi - lo <= tol * hi)
-    if prune:
-        done |= hi <= best * (1 + tol)
-    act = np.flatnonzero(~done)
-    V3all = V.reshape(H, Wd, m)
-    # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
-    # ~1e-6 relative, so high-accuracy requests stay in float64
+    best = best if np.isfinite(best) else -1.0
+    cap = float(cap) if (cap is not None and prune) else -1.0
     fdt = np.float32 if tol >= 1e-5 else np.float64
-    V3f = V3all.astype(fdt)
-    p = None
-    old_scale = None
-    inner = inner0
-    used = 0
-    while act.size and used < max_iter:
-        V3 = V3all[:, :, act]
-        shape3 = V3.shape
-        mu_g = 0.5 * (lo[act] + hi[act])
-        scale = mu_g * c                                   # box of p = mu c q
-        if p is None:
-            p = [np.zeros(_edge_shape(k, H, Wd) + (act.size,), dtype=fdt)
+    V3all = V.reshape(H, Wd, m)
+    for s0 in range(0, m, _CERT_BLOCK):
+        fl0, cp = best, cap
+        for j in range(s0, min(s0 + _CERT_BLOCK, m)):
+            v = V[:, j]
+            lc, hc = lo[j], hi[j]
+            fl = max(fl0, lc)
+            stop = max(fl * (1 + tol), cp) if prune else -np.inf
+            if hc <= 0 or hc - lc <= tol * hc or hc <= stop:
+                continue
+            p = [np.zeros(_edge_shape(k, H, Wd) + (1,), dtype=fdt)
                  for k in range(4 if conn == 8 else 2)]
-        else:
-            ratio = (scale / np.maximum(old_scale, 1e-300)).astype(fdt)
-            sc = _box(scale, fdt)
-            p = [np.clip(pi * ratio, -sc, sc) for pi in p]
-        old_scale = scale
-        n_in = min(inner, max_iter - used)
-        p = _tv_dual_fista(V3f[:, :, act], p, scale, n_in, conn)
-        used += n_in
-        GTp = _grad_T([pi.astype(np.float64) for pi in p], shape3, conn).reshape(n, act.size)
-        Va = V[:, act]
-        # lower end: primal point of the prox at mu_g, normalised
-        Xp = _shrink(Va - GTp, mu_g * b, nonneg)
-        hx = np.asarray(norm.value(Xp), dtype=np.float64).reshape(-1)
-        ok = hx > 0
-        vals = np.where(ok, np.einsum("ij,ij->j", Va, Xp) / np.where(ok, hx, 1.0), 0.0)
-        better = vals > lo[act]
-        ab = act[better]
-        lo[ab] = vals[better]
-        X[:, ab] = Xp[:, better] / hx[better]
-        if vals.size:
-            best = max(best, float(np.max(vals)))
-        # upper end: smallest root of the convex F_q, F_q(lo) >= 0
-        D = GTp / np.maximum(mu_g, 1e-300)                 # = tv G^T q
-
-        r = hi[act].copy()
-        lft = np.minimum(lo[act], r)
-        good = np.empty(act.size, dtype=np.bool_)
-        kernel = bisect_fq if act.size >= 32 else bisect_fq_serial
-        kernel(np.ascontiguousarray(Va.T), np.ascontiguousarray(D.T), r, lft, float(a), float(b),
-                  nonneg, float(tol), float(best) if np.isfinite(best) else -1.0, bool(prune), good)
-        width_old = hi[act] - lo[act]
-        hi[act] = np.where(good, np.minimum(hi[act], r), hi[act])
-        width = hi[act] - lo[act]
-        keep = width > tol * hi[act]
-        if prune:
-            keep &= hi[act] > best * (1 + tol)
-        if np.any(keep & (width > 0.25 * width_old)):
-            inner = min(2 * inner, 2000)
-        keep_idx = np.flatnonzero(keep)
-        p = [pi[..., keep_idx] for pi in p]
-        old_scale = old_scale[keep_idx]
-        act = act[keep_idx]
-    return lo, hi, X, best
+            old, inner, used = 0.0, inner0, 0
+            while used < max_iter:
+                mu = 0.5 * (lc + hc)
+                scale = mu * c                             # box of p = mu c q
+                if old > 0:
+                    ratio = fdt(scale / max(old, 1e-300))
+                    sc = _box(scale, fdt)
+                    p = [np.clip(pi * ratio, -sc, sc) for pi in p]
+                old = scale
+                n_in = min(inner, max_iter - used)
+                p = _tv_dual_fista(V3all[:, :, j:j + 1].astype(fdt), p, np.array([scale]), n_in,
+                                   conn, parallel=False)
+                used += n_in
+                g = _grad_T([pi.astype(np.float64) for pi in p], (H, Wd, 1), conn).reshape(n)
+                # lower end: primal point of the prox at mu, normalised
+                x = _shrink(v - g, mu * b, nonneg)
+                hx = float(np.asarray(norm.value(x[:, None])).reshape(-1)[0])
+                val = float(v @ x) / hx if hx > 0 else 0.0
+                if val > lc:
+                    lc = val
+                    X[:, j] = x / hx
+                fl = max(fl, lc)
+                # upper end: smallest root of the convex F_q, F_q(lo) >= 0
+                d = g / max(mu, 1e-300)                    # = tv G^T q
+                r, lft = np.array([hc]), np.array([min(lc, hc)])
+                good = np.empty(1, dtype=np.bool_)
+                bisect_fq_serial(v[None, :].copy(), d[None, :].copy(), r, lft, float(a), float(b),
+                                 nonneg, float(tol), float(fl), bool(prune), good)
+                width_old = hc - lc
+                if good[0]:
+                    hc = min(hc, float(r[0]))
+                width = hc - lc
+                stop = max(fl * (1 + tol), cp) if prune else -np.inf
+                if width <= tol * hc or hc <= stop:
+                    break
+                if width > 0.25 * width_old:
+                    inner = min(2 * inner, 2000)
+            lo[j], hi[j] = lc, hc
+        for j in range(s0, min(s0 + _CERT_BLOCK, m)):
+            best = max(best, lo[j])
+            if prune:
+                cap = max(cap, hi[j])
+    return lo, hi, X, float(best)

@@ -26,8 +26,8 @@ import warnings
 
 import numpy as np
 
-from calseg.certify.dualnorm import (_dual_l1, _dual_no_tv, _dual_tv_cert, _weights, degrees,
-                                     dual_norm, single_pixel_lower)
+from calseg.certify.dualnorm import (_dual_l1, _dual_no_tv, _dual_tv_cert_rows, _weights,
+                                     degrees, dual_norm, single_pixel_lower)
 from calseg.errors import ConfigError, ConvergenceWarning, InputError
 
 __all__ = ["polar_lower", "polar_upper"]
@@ -130,6 +130,18 @@ def _collatz_wielandt(M, power_iters):
     return float(np.sqrt(float(np.max(Kx / x))))
 
 
+def _largest_line_norm(M):
+    """The largest l2 norm of a row or a column of M (a lower bound on ``sigma_max(M)``)."""
+    rows = np.zeros(M.shape[0])
+    cols = np.zeros(M.shape[1])
+    for s in range(0, M.shape[0], _ROW_BLOCK):
+        blk = np.asarray(M[s:s + _ROW_BLOCK], dtype=np.float64)
+        blk = blk * blk
+        rows[s:s + blk.shape[0]] = blk.sum(axis=1)
+        cols += blk.sum(axis=0)
+    return float(np.sqrt(max(rows.max(initial=0.0), cols.max(initial=0.0))))
+
+
 def _split_bound(Wb, a_t, b_t, a_s, b_s, steps, power_iters, u1, cap=float("inf")):
     """U2: min_t max(t / (b b'), sigma_max((Wb - t)_+) / (a a')) over a bisection in t.
 
@@ -204,25 +216,22 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
     kb = int(np.argmax(rows_lo))
     xb = None
     upper = best
-    pos = 0
-    size = 32                            # geometric blocks: a strong floor early prunes the rest
-    while pos < order.size:
-        blk = order[pos:pos + size]
-        pos += size
-        size = min(2 * size, _ROW_BLOCK)
+    for pos in range(0, order.size, _ROW_BLOCK):
+        blk = order[pos:pos + _ROW_BLOCK]
         blk = blk[ub[blk] > max(best * (1 + tol), upper)]
         if blk.size == 0:
             break                        # the remaining rows have even smaller ub
-        V = np.empty((P, blk.size))
-        for j, k in enumerate(blk):
-            V[:, j] = W[k % T] if k < T else -W[k % T]
-        lo, hi, X, _ = _dual_tv_cert(V, spatial, tol=tol, floor=best, prune=True,
-                                     max_iter=budget, inner0=10, hi0=ub[blk])
+        VT = np.asarray(W[blk % T], dtype=np.float64)
+        VT[blk >= T] *= -1.0
+        # rows whose bracket falls below the best lower value or the largest upper end so far
+        # stop early: they cannot raise the maximum (branch and bound, inside the kernel too)
+        lo, hi, XT, _ = _dual_tv_cert_rows(VT, spatial, tol=tol, floor=best, cap=upper,
+                                           prune=True, max_iter=budget, inner0=10, hi0=ub[blk])
         rows_lo[blk] = np.maximum(rows_lo[blk], lo)
         upper = max(upper, float(np.max(hi)))
         j = int(np.argmax(lo))
         if lo[j] > best:
-            best, kb, xb = float(lo[j]), int(blk[j]), X[:, j].copy()
+            best, kb, xb = float(lo[j]), int(blk[j]), XT[j].copy()
     if xb is None:                       # best is the single-pixel atom of row kb
         sg = 1.0 if kb < T else -1.0
         v = sg * np.asarray(W[kb % T], dtype=np.float64)
@@ -315,13 +324,28 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
         extra.update(row_scores=rows_lo, row_best=(low, kb, xb))
     if a_t > 0 and a_s > 0:
         Wb = np.maximum(W, 0) if both_nonneg else np.abs(W)
-        u1 = sigma_max_upper(Wb, power_iters=power_iters)
-        if not both_nonneg:
-            u1 = min(u1, sigma_max_upper(W))
-        bounds["spectral"] = u1 / (a_t * a_s)
+        skipped = extra.setdefault("skipped", [])
+        cap = min(bounds.values())
+        # sigma_max(M) >= the largest l2 norm of a column or row of M: a cheap lower estimate
+        if _largest_line_norm(Wb) / (a_t * a_s) < cap:
+            u1 = sigma_max_upper(Wb, power_iters=power_iters)
+            if not both_nonneg:
+                u1 = min(u1, sigma_max_upper(W))
+            bounds["spectral"] = u1 / (a_t * a_s)
+        else:
+            skipped.append("spectral")
         if b_t > 0 and b_s > 0:
-            bounds["split"] = _split_bound(Wb, a_t, b_t, a_s, b_s, split_steps, power_iters,
-                                           bounds["spectral"], cap=min(bounds.values()))
+            # U2 = min_t max(t / (b b'), sigma((Wb - t)+) / (a a')) >= cap when the second term
+            # is >= cap at t* = cap b b' (it only grows as t decreases; the first is > cap above t*)
+            cap = min(bounds.values())
+            t_star = cap * b_t * b_s if np.isfinite(cap) else np.inf
+            if not np.isfinite(t_star) or \
+                    _largest_line_norm(np.maximum(Wb - np.asarray(t_star, Wb.dtype), 0)) \
+                    / (a_t * a_s) < cap:
+                bounds["split"] = _split_bound(Wb, a_t, b_t, a_s, b_s, split_steps, power_iters,
+                                               bounds["spectral"], cap=cap)
+            else:
+                skipped.append("split")
         del Wb
     if b_s > 0:
         # every single-entry atom e_t e_j / (h_A(e_t) h_Z(e_j)) is feasible for the pixel bound's
@@ -331,7 +355,7 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
         if cheap < min(bounds.values()):
             bounds["pixels"], extra["col_scores"] = _cols_bound(W, temporal, spatial)
         else:
-            extra["skipped"] = ["pixels"]
+            extra.setdefault("skipped", []).append("pixels")
     rho = min(bounds.values())
     return rho, bounds, extra
 
