@@ -180,7 +180,8 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         Relative gap below which the status is ``"certified"``.
     effort : {"low", "normal", "high"}, keyword-only
         Budgets of the polar bounds (starts and iterations of the lower bound; power
-        iterations, split bisection and TV dual iterations of the upper bounds).
+        iterations, split bisection and TV dual iterations of the upper bounds); "low" starts
+        the lower bound from rows and pixels only (no singular-vector start).
     seed : int, keyword-only
         Seed of the random starts of the lower bound.
     pre : Precomputed or None, keyword-only
@@ -233,7 +234,7 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-3, tol), effort=effort)
     rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter,
                                     seed=seed, row_scores=extra.get("row_scores"),
-                                    col_scores=extra.get("col_scores"))
+                                    col_scores=extra.get("col_scores"), svd_start=effort != "low")
     # the row sandwich's best single row is itself a feasible pair
     if "row_best" in extra and extra["row_best"][2] is not None:
         low_r, k, xb = extra["row_best"]
@@ -320,7 +321,8 @@ def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effo
             W = W.astype(R.dtype)
         del R
     _check_norms(W, temporal, spatial)
-    rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed)
+    rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed,
+                                svd_start=effort != "low")
     if rho <= 0:
         return None
     return Atom(phi=np.asarray(phi, dtype=np.float64), psi=np.asarray(psi, dtype=np.float64), rho=float(rho))
