@@ -161,6 +161,7 @@ CONSTRAINTS = {
     "certificate_effort": _one_of("low", "normal", "high"),
     "grow_margin": _real(0.0),
     "grow_min_rho": _real(0.0),
+    "grow_min_support": _integer(1),
     "tau": _real(0.0, lo_open=True, optional=True),
     "fps": _real(0.0, lo_open=True, optional=True),
     "rise": _real(0.0, lo_open=True, optional=True),
@@ -207,7 +208,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
               n_background=5, rank=None, init=None, connectivity=8, max_iter=500, tol=1e-6,
               certify=True, grow_rank=True, max_grow=10, seed=0, callback=None,
               background=None, certificate_tol=1e-3, tv_tol=1e-2, certificate_effort="low",
-              grow_margin=0.05, grow_min_rho=0.0):
+              grow_margin=0.05, grow_min_rho=0.0, grow_min_support=1):
     """Factor a movie block as ``Y ~ D A Z^T + F B^T`` with structured column norms.
 
     Parameters
@@ -272,6 +273,10 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     grow_min_rho : float
         Grow only when the atom's rho also exceeds this (e.g. the polar of pure noise, so that
         a lam below the noise level never grows noise atoms).
+    grow_min_support : int
+        Grow only atoms whose spatial factor has at least this many pixels at or above a fifth
+        of its peak (e.g. the smallest reportable cell: single-pixel atoms of a poorly fitted
+        edge would take a growth round and be dropped as too small anyway).
     seed : int
         Seed of the random start and of the certificate's randomized search.
     callback : callable or None
@@ -303,7 +308,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                   certify=certify, grow_rank=grow_rank, max_grow=max_grow, seed=seed,
                   callback=callback, background=background, certificate_tol=certificate_tol,
                   tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin,
-                  grow_min_rho=grow_min_rho)
+                  grow_min_rho=grow_min_rho, grow_min_support=grow_min_support)
     _validate(params)
     Y = _as_data(Y)
     T, P = Y.shape
@@ -386,6 +391,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                                   spatial=spatial_norm, background=bg, effort=certificate_effort,
                                   seed=int(seed) + n_grow, pre=pre)
             if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
+                break
+            if np.count_nonzero(atom.psi >= 0.2 * np.max(np.abs(atom.psi))) < grow_min_support:
                 break
             try:
                 A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)

@@ -58,7 +58,9 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
         Tile data, per-pixel mean removed and divided by the noise SD.
     image_shape : (h, w)
     seeds : ndarray of shape (n, 2)
-        (row, col) in tile coordinates.
+        (row, col) in tile coordinates; a seed may lie just outside the tile (a cell cut by its
+        border): its trace is read at the nearest tile pixel and its footprint start is the
+        part of its disk inside the tile.
     gamma : float
         Per-frame calcium decay factor.
     col_norms : ndarray of shape (T,)
@@ -77,8 +79,9 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
     yy, xx = np.mgrid[0:h, 0:w]
     cube = Yn.reshape(T, h, w)
     for k, (r, c) in enumerate(seeds):
-        r0, r1 = max(r - 1, 0), min(r + 2, h)
-        c0, c1 = max(c - 1, 0), min(c + 2, w)
+        rc, cc = min(max(r, 0), h - 1), min(max(c, 0), w - 1)
+        r0, r1 = max(rc - 1, 0), min(rc + 2, h)
+        c0, c1 = max(cc - 1, 0), min(cc + 2, w)
         y = cube[:, r0:r1, c0:c1].reshape(T, -1).mean(axis=1).astype(np.float64)
         y = y - np.median(y)
         innov = np.empty_like(y)
@@ -98,6 +101,6 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
         corr = num / den
         Z[idx, k] = np.maximum(corr - 0.2, 0.0)
         if not np.any(Z[:, k] > 0):
-            Z[r * w + c, k] = 1.0
+            Z[rc * w + cc, k] = 1.0
         # scale so that D a z^T matches the data at the seed: least squares on the seed trace
     return A, Z

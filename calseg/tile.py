@@ -2,7 +2,7 @@
 
 A tile reads only its own pixels (all frames), normalises every pixel to unit noise, builds the
 background dictionary (slow Fourier atoms + the recording's neuropil time courses), starts the
-factorization from the seeds inside its window and returns the components whose centroid lies in
+factorization from the seeds in (or a cell radius around) its window and returns the components whose centroid lies in
 its core, in global coordinates, with everything the outputs need.
 """
 from __future__ import annotations
@@ -121,8 +121,12 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
 
     op, F = tile_model(T, ctx)
 
-    inside = ((ctx.seeds[:, 0] >= tile.y0) & (ctx.seeds[:, 0] < tile.y1)
-              & (ctx.seeds[:, 1] >= tile.x0) & (ctx.seeds[:, 1] < tile.x1)) if len(ctx.seeds) else np.zeros(0, bool)
+    # seeds in the window and up to a cell radius outside it: a cell cut by the window's border
+    # starts from its seed instead of being left to rank growth (it belongs to a neighbour)
+    m = 0.5 * ctx.diameter
+    inside = ((ctx.seeds[:, 0] >= tile.y0 - m) & (ctx.seeds[:, 0] < tile.y1 + m)
+              & (ctx.seeds[:, 1] >= tile.x0 - m) & (ctx.seeds[:, 1] < tile.x1 + m)) \
+        if len(ctx.seeds) else np.zeros(0, bool)
     local = ctx.seeds[inside] - np.array([tile.y0, tile.x0]) if np.any(inside) else np.zeros((0, 2), int)
     # the data with the background projected out, for the initial factors
     Yr = Yn - (F @ (F.T @ Yn)).astype(np.float32) if F.shape[1] else Yn
@@ -135,7 +139,7 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
         operator=op, background=F, init=(A0, Z0), connectivity=ctx.connectivity,
         max_iter=ctx.max_iter, tol=ctx.tol, certify=ctx.certify, grow_rank=ctx.grow_rank,
         max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed,
-        grow_min_rho=ctx.rho_noise)
+        grow_min_rho=ctx.rho_noise, grow_min_support=max(1, int(ctx.min_area)))
     t_fact = time.perf_counter() - t0 - t_read
 
     rho = atom_projections(Yn, op, F, fact.A, fact.Z, (h, w), ctx)

@@ -63,6 +63,20 @@ def test_certificate_and_growth_from_too_small_rank():
     assert res1.certificate.rho_low > lam
 
 
+def test_growth_skips_atoms_with_too_small_support():
+    """grow_min_support: an improving atom whose spatial factor has fewer pixels near its peak
+    than asked is not appended (growth stops there); the certificate still bounds the gap."""
+    Y, lam, Pstar, k = svt_problem()
+    kw = dict(lam=lam, rank=1, max_iter=3000, tol=1e-10, certify=True, grow_rank=True,
+              max_grow=10, **NUCLEAR)
+    grown = factorize(Y, (7, 10), **kw)
+    assert grown.n_grow >= 1
+    stopped = factorize(Y, (7, 10), grow_min_support=71, **kw)    # more than the 70 pixels
+    assert stopped.n_grow == 0 and stopped.rank <= 1
+    assert stopped.certificate.rho_low > lam
+    assert stopped.certificate.gap >= stopped.objective - Pstar - 1e-9 * Pstar
+
+
 def test_budget_warning_and_stop_reason():
     Y, lam, Pstar, k = svt_problem()
     with pytest.warns(ConvergenceWarning, match="max_iter=3"):

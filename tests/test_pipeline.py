@@ -129,3 +129,23 @@ def test_cli_run_exit_codes(tmp_path):
     assert r.exit_code == 2
     # no partial folders left behind
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+
+def test_seed_just_outside_a_tile_starts_its_cut_cell_inside():
+    """A seed up to a cell radius outside the tile (a cell cut by the border) starts a column
+    whose footprint is the part of its disk inside the tile, with the trace read at the
+    nearest tile pixel."""
+    from calseg.seeds import init_factors
+
+    rng = np.random.default_rng(3)
+    T, h, w = 300, 20, 20
+    spikes = (rng.random(T) < 0.05).astype(float)
+    trace = np.convolve(spikes, 0.9 ** np.arange(40))[:T]
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = np.exp(-((yy - 8) ** 2 + (xx + 2) ** 2) / (2 * 3.0 ** 2))   # centre at column -2
+    Y = (trace[:, None] * blob.ravel()[None, :] * 5 + rng.normal(size=(T, h * w))).astype(np.float32)
+    Y -= Y.mean(axis=0)
+    A, Z = init_factors(Y, (h, w), np.array([[8, -2]]), 10.0, 0.9, np.ones(T))
+    z = Z[:, 0].reshape(h, w)
+    assert z.max() > 0 and np.all(np.nonzero(z)[1] <= 6)          # on the left edge only
+    assert np.corrcoef(A[:, 0], spikes)[0, 1] > 0.5
