@@ -25,7 +25,8 @@ from calseg.motion._phasecorr import (
     spatial_taper,
 )
 from calseg.motion._smooth import random_walk_noise, smooth_random_walk
-from calseg.motion.estimate import _add_shifted, _coverage, _read_smoothed
+from calseg.motion import estimate as estimate_module
+from calseg.motion.estimate import _add_shifted, _coverage, _noise_power, _read_smoothed
 
 
 # ------------------------------------------------------------------------------------------
@@ -211,6 +212,27 @@ def _posterior_mean(z, q, r):
     T = z.size
     D = np.diff(np.eye(T), axis=0)
     return np.linalg.solve(np.eye(T) / r + D.T @ D / q, z / r)
+
+
+def test_noise_spectrum_keeps_white_noise_and_weights_slow_changes_by_the_run_length(monkeypatch):
+    rng = np.random.default_rng(5)
+    T, H, W = 96, 32, 32
+    ref = ndimage.gaussian_filter(rng.normal(0.0, 10.0, (H, W)), 2.0) + 50.0
+    taper = spatial_taper((H, W), 2.0)
+    pattern = np.cos(2 * np.pi * 4 * np.arange(W) / W)[None, :] * np.ones((H, 1))
+    slow = np.sin(2 * np.pi * np.arange(T) / 48 + 0.3)  # period 48 frames: nearly constant over a run
+    white = ref + rng.normal(0.0, 1.0, (T, H, W))
+    changing = ref + 0.01 * rng.normal(0.0, 1.0, (T, H, W)) + slow[:, None, None] * pattern
+    shifts = np.zeros((T, 2))
+    power = {}
+    for run in (1, 4):
+        monkeypatch.setattr(estimate_module, "_NOISE_BLOCK", run)
+        power[run] = [_noise_power(ArrayMovie(m.astype(np.float32)), ref, shifts, taper, 64) for m in (white, changing)]
+    # white noise: the per-frame spectrum, whatever the run length (64 frames: ~12 % sampling error)
+    assert np.mean(power[4][0]) == pytest.approx(np.mean(power[1][0]), rel=0.1)
+    # a change slow against the runs: ~4 times its per-frame power at its frequency (0.98 x 4
+    # for a run of 4 frames of this sine)
+    assert power[4][1][0, 4] / power[1][1][0, 4] == pytest.approx(4.0, rel=0.1)
 
 
 def test_smoother_equals_the_posterior_mean_without_jumps():
