@@ -11,7 +11,7 @@ def _shrink(U, thr, nonneg):
     return np.sign(U) * np.maximum(np.abs(U) - thr, 0.0)
 
 
-def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, floor, prune):
+def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, stop, prune):
     """Numpy twin of ``bisect_fq`` on columns of V, D (n, m); returns (r, lft, good)."""
     def F(mu, Va, Da):
         Z = _shrink(Va - mu * Da, mu * b, nonneg)
@@ -20,10 +20,15 @@ def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, floor, prune):
     r, lft = r.copy(), lft.copy()
     good = F(r, V, D) <= 0
     busy = np.flatnonzero(good)
+    if prune:
+        busy = busy[r[busy] > stop]                      # already at or below the stop
+        at = busy[lft[busy] < stop]
+        ok = F(np.full(at.size, stop), V[:, at], D[:, at]) <= 0
+        r[at[ok]] = stop                                 # the stop itself is an upper end
+        lft[at[~ok]] = stop
+        busy = np.setdiff1d(busy, at[ok])
     for _ in range(64):
         settled = r[busy] - lft[busy] <= 0.05 * tol * r[busy]
-        if prune:
-            settled |= r[busy] <= floor * (1 + tol)
         busy = busy[~settled]
         if busy.size == 0:
             break
@@ -46,11 +51,11 @@ def test_bisect_fq_matches_twin(nonneg, prune, kernel):
     hi = np.linalg.norm(np.abs(V), axis=0) / a * 1.5       # generous upper ends
     hi[3] = 1e-3                                           # a column whose end is not valid
     lo = np.full(m, 0.0)
-    floor = float(np.median(hi)) if prune else -1.0
+    stop = float(np.median(hi)) if prune else -1.0
     r, lft, good = hi.copy(), lo.copy(), np.empty(m, np.bool_)
     kernel(np.ascontiguousarray(V.T), np.ascontiguousarray(D.T), r, lft, a, b, nonneg, tol,
-              floor, prune, good)
-    r2, l2, g2 = bisect_fq_twin(V, D, hi, lo, a, b, nonneg, tol, floor, prune)
+              stop, prune, good)
+    r2, l2, g2 = bisect_fq_twin(V, D, hi, lo, a, b, nonneg, tol, stop, prune)
     np.testing.assert_array_equal(good, g2)
     assert not good[3]
     np.testing.assert_allclose(r, r2, rtol=1e-12)

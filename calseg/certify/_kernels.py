@@ -34,40 +34,30 @@ def _fq(v, d, mu, a, b, nonneg):
 
 
 @njit
-def _bisect_column(v, d, r, lft, j, a, b, nonneg, tol, floor, prune, good):
+def _bisect_column(v, d, r, lft, j, a, b, nonneg, tol, stop, prune, good):
     good[j] = _fq(v, d, r[j], a, b, nonneg) <= 0.0
     if not good[j]:
         return
-    rj = r[j]
-    lj = lft[j]
-    for _ in range(64):
-        if rj - lj <= 0.05 * tol * rj:
-            break
-        if prune and rj <= floor * (1.0 + tol):
-            break
-        mid = 0.5 * (lj + rj)
-        if _fq(v, d, mid, a, b, nonneg) <= 0.0:
-            rj = mid
-        else:
-            lj = mid
+    ok, rj, lj = _bisect_scalar(v, d, r[j], lft[j], a, b, nonneg, tol, stop, prune)
     r[j] = rj
     lft[j] = lj
 
 
 @njit(parallel=True)
-def bisect_fq(VT, DT, r, lft, a, b, nonneg, tol, floor, prune, good):
-    """Per row j of ``VT``/``DT`` (m, n): ``good[j] = F(r[j]) <= 0``; for good rows, bisect
-    ``[lft[j], r[j]]`` (in place, at most 64 halvings) keeping ``F(r) <= 0``, until
-    ``r - lft <= 0.05 tol r`` or (``prune``) ``r <= floor (1 + tol)``. Rows in parallel."""
+def bisect_fq(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
+    """Per row j of ``VT``/``DT`` (m, n): ``good[j] = F(r[j]) <= 0``; for good rows, narrow
+    ``[lft[j], r[j]]`` (in place) keeping ``F(r) <= 0``: with ``prune``, first try ``r = stop``
+    (an end at or below ``stop`` is all a branch and bound needs), then bisect (at most 64
+    halvings) until ``r - lft <= 0.05 tol r``. Rows in parallel."""
     for j in prange(VT.shape[0]):
-        _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, floor, prune, good)
+        _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, stop, prune, good)
 
 
 @njit
-def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, floor, prune, good):
+def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
     """:func:`bisect_fq` on one thread (a few rows: waking threads costs more than the work)."""
     for j in range(VT.shape[0]):
-        _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, floor, prune, good)
+        _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, stop, prune, good)
 
 
 @njit
@@ -120,14 +110,20 @@ def _gtp_padded(P, H, W, g):
 
 
 @njit
-def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, floor, prune):
-    """:func:`_bisect_column` on scalars: ``(good, r, lft)``."""
+def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
+    """Narrow ``[lft, r]`` around the smallest root of ``F`` (see :func:`bisect_fq`):
+    ``(good, r, lft)``, ``good = F(r) <= 0`` on entry (nothing changes otherwise)."""
     if not _fq(v, d, r, a, b, nonneg) <= 0.0:
         return False, r, lft
+    if prune:
+        if r <= stop:
+            return True, r, lft
+        if stop > lft:
+            if _fq(v, d, stop, a, b, nonneg) <= 0.0:
+                return True, stop, lft
+            lft = stop
     for _ in range(64):
         if r - lft <= 0.05 * tol * r:
-            break
-        if prune and r <= floor * (1.0 + tol):
             break
         mid = 0.5 * (lft + r)
         if _fq(v, d, mid, a, b, nonneg) <= 0.0:
@@ -162,6 +158,7 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
     _box_down(L_inv, buf)
     Linv = buf[0]
     g = np.empty(n)
+    d = np.empty(n)
     xs = np.empty(n)
     eight = K == 4
     old = 0.0
@@ -189,6 +186,18 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
         used += n_in
         nr += 1
         _gtp_padded(P, H, W, g)
+        # upper end first: the smallest root of F_q, q = p / (mu c); under pruning a bracket
+        # that falls to the stop is done without its lower end
+        den = max(mu, 1e-300)
+        for i in range(n):
+            d[i] = g[i] / den
+        width_old = hc - lc
+        stop = max(fl * (1.0 + tol), cap) if prune else -np.inf
+        good, r, _ = _bisect_scalar(v, d, hc, min(lc, hc), a, b, nonneg, tol, stop, prune)
+        if good:
+            hc = min(hc, r)
+        if hc <= stop:
+            break
         # lower end: the primal point of the prox at mu, normalised
         thr = mu * b
         s2 = 0.0
@@ -217,14 +226,6 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
             for i in range(n):
                 XT[col, i] = xs[i] / hx
         fl = max(fl, lc)
-        # upper end: the smallest root of F_q, q = p / (mu c)
-        den = max(mu, 1e-300)
-        for i in range(n):
-            g[i] = g[i] / den
-        width_old = hc - lc
-        good, r, _ = _bisect_scalar(v, g, hc, min(lc, hc), a, b, nonneg, tol, fl, prune)
-        if good:
-            hc = min(hc, r)
         width = hc - lc
         stop = max(fl * (1.0 + tol), cap) if prune else -np.inf
         if width <= tol * hc or hc <= stop:

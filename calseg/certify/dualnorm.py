@@ -627,6 +627,19 @@ def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, cap=None, prune=False, max_
                                    conn, parallel=False)
                 used += n_in
                 g = _grad_T([pi.astype(np.float64) for pi in p], (H, Wd, 1), conn).reshape(n)
+                # upper end first: smallest root of the convex F_q; under pruning a bracket
+                # that falls to the stop is done without its lower end
+                d = g / max(mu, 1e-300)                    # = tv G^T q
+                r, lft = np.array([hc]), np.array([min(lc, hc)])
+                good = np.empty(1, dtype=np.bool_)
+                stop = max(fl * (1 + tol), cp) if prune else -np.inf
+                bisect_fq_serial(v[None, :].copy(), d[None, :].copy(), r, lft, float(a), float(b),
+                                 nonneg, float(tol), float(stop), bool(prune), good)
+                width_old = hc - lc
+                if good[0]:
+                    hc = min(hc, float(r[0]))
+                if hc <= stop:
+                    break
                 # lower end: primal point of the prox at mu, normalised
                 x = _shrink(v - g, mu * b, nonneg)
                 hx = float(np.asarray(norm.value(x[:, None])).reshape(-1)[0])
@@ -635,15 +648,6 @@ def _dual_tv_cert_numpy(V, norm, *, tol, floor=None, cap=None, prune=False, max_
                     lc = val
                     X[:, j] = x / hx
                 fl = max(fl, lc)
-                # upper end: smallest root of the convex F_q, F_q(lo) >= 0
-                d = g / max(mu, 1e-300)                    # = tv G^T q
-                r, lft = np.array([hc]), np.array([min(lc, hc)])
-                good = np.empty(1, dtype=np.bool_)
-                bisect_fq_serial(v[None, :].copy(), d[None, :].copy(), r, lft, float(a), float(b),
-                                 nonneg, float(tol), float(fl), bool(prune), good)
-                width_old = hc - lc
-                if good[0]:
-                    hc = min(hc, float(r[0]))
                 width = hc - lc
                 stop = max(fl * (1 + tol), cp) if prune else -np.inf
                 if width <= tol * hc or hc <= stop:
