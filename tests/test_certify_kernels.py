@@ -169,3 +169,17 @@ def test_cert_columns_same_result_for_any_thread_count():
         numba.set_num_threads(n0)
     for x, y in zip(one[:3], many[:3]):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_largest_line_norm_matches_numpy(absolute):
+    from calseg.certify.polar import _largest_line_norm
+
+    rng = np.random.default_rng(4)
+    for shape in ((37, 23), (1, 5), (5, 1)):
+        W = rng.normal(size=shape).astype(np.float32)
+        for t in (0.0, 0.7):
+            M = np.maximum((np.abs(W) if absolute else W).astype(np.float64) - t, 0.0)
+            want = np.sqrt(max((M * M).sum(axis=0).max(), (M * M).sum(axis=1).max()))
+            assert _largest_line_norm(W, t, absolute) == pytest.approx(want, rel=1e-12)
+            assert _largest_line_norm(W, t, absolute) <= np.linalg.norm(M, 2) * (1 + 1e-12)

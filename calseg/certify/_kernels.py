@@ -297,3 +297,28 @@ def single_pixel_rows(VT, cost, nonneg, lo, XT):
         lo[j] = best
         if best > 0.0:
             XT[j, arg] = (1.0 if VT[j, arg] >= 0.0 else -1.0) / cost[arg]
+
+
+@njit(parallel=True)
+def line_sumsq(W, t, absolute, rows, colparts):
+    """Row and column sums of squares of ``(f(W) - t)+`` with ``f = |.|`` (``absolute``) or the
+    identity, without forming it: ``rows`` (T,) receives the row sums, ``colparts`` (nb, P)
+    (zeroed by the caller) partial column sums of ``nb`` row bands (sum them over axis 0)."""
+    T, P = W.shape
+    nb = colparts.shape[0]
+    for b in prange(nb):
+        s0 = b * T // nb
+        s1 = (b + 1) * T // nb
+        cp = colparts[b]
+        for i in range(s0, s1):
+            acc = 0.0
+            for j in range(P):
+                x = np.float64(W[i, j])
+                if absolute:
+                    x = abs(x)
+                x -= t
+                if x > 0.0:
+                    x2 = x * x
+                    acc += x2
+                    cp[j] += x2
+            rows[i] = acc
