@@ -18,15 +18,20 @@ def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, stop, prune):
         return np.sqrt(np.einsum("ij,ij->j", Z, Z)) - a * mu
 
     r, lft = r.copy(), lft.copy()
-    good = F(r, V, D) <= 0
-    busy = np.flatnonzero(good)
+    m = r.size
+    done = np.zeros(m, bool)
     if prune:
-        busy = busy[r[busy] > stop]                      # already at or below the stop
-        at = busy[lft[busy] < stop]
+        at = np.flatnonzero((lft < stop) & (stop < r))
         ok = F(np.full(at.size, stop), V[:, at], D[:, at]) <= 0
         r[at[ok]] = stop                                 # the stop itself is an upper end
         lft[at[~ok]] = stop
-        busy = np.setdiff1d(busy, at[ok])
+        done[at[ok]] = True
+    good = done.copy()
+    rest = np.flatnonzero(~done)
+    good[rest] = F(r[rest], V[:, rest], D[:, rest]) <= 0
+    busy = rest[good[rest]]
+    if prune:
+        busy = busy[r[busy] > stop]                      # already at or below the stop
     for _ in range(64):
         settled = r[busy] - lft[busy] <= 0.05 * tol * r[busy]
         busy = busy[~settled]
@@ -57,7 +62,7 @@ def test_bisect_fq_matches_twin(nonneg, prune, kernel):
               stop, prune, good)
     r2, l2, g2 = bisect_fq_twin(V, D, hi, lo, a, b, nonneg, tol, stop, prune)
     np.testing.assert_array_equal(good, g2)
-    assert not good[3]
+    assert not good[3] or (prune and r[3] == stop)
     np.testing.assert_allclose(r, r2, rtol=1e-12)
     np.testing.assert_allclose(lft, l2, rtol=1e-12)
 
@@ -183,3 +188,44 @@ def test_largest_line_norm_matches_numpy(absolute):
             want = np.sqrt(max((M * M).sum(axis=0).max(), (M * M).sum(axis=1).max()))
             assert _largest_line_norm(W, t, absolute) == pytest.approx(want, rel=1e-12)
             assert _largest_line_norm(W, t, absolute) <= np.linalg.norm(M, 2) * (1 + 1e-12)
+
+
+def test_warm_started_rows_bracket_the_reference_and_ignore_thread_count():
+    """Rows in time order, each warm-started from the one before (cert_rows_warm): every
+    bracket is valid against the prox-based dual norm, the largest upper end bounds the
+    largest dual norm within the tolerance, and the result does not depend on the threads."""
+    import numba
+
+    from calseg.certify.dualnorm import _dual_tv_cert_rows, dual_norm
+    from calseg.prox.composite import CompositeNorm
+
+    rng = np.random.default_rng(9)
+    shape, m = (6, 7), 150
+    base = rng.normal(size=shape[0] * shape[1])
+    V = np.empty((m, base.size))
+    for k in range(m):                                  # an AR(1) sequence of images
+        base = 0.9 * base + np.sqrt(1 - 0.81) * rng.normal(size=base.size)
+        V[k] = base + 0.2
+    norm = CompositeNorm(1.0, 0.7, 0.5, nonnegative=True, image_shape=shape, connectivity=8)
+    ref_norm = CompositeNorm(1.0, 0.7, 0.5, nonnegative=True, image_shape=shape, connectivity=8,
+                             tv_method="fista", tv_tol=1e-10, tv_max_iter=5000)
+    ref, _ = dual_norm(V.T, ref_norm, tol=1e-9, method="prox")
+    slack = 1e-6 * np.maximum(ref, 1e-12)
+    tol = 1e-3
+    n0 = numba.get_num_threads()
+    out = []
+    try:
+        for threads in (1, max(n0, 1)):
+            numba.set_num_threads(threads)
+            out.append(_dual_tv_cert_rows(V, norm, tol=tol, prune=True, floor=0.0,
+                                          max_iter=2000, inner0=2, warm=True))
+    finally:
+        numba.set_num_threads(n0)
+    lo, hi, XT, best = out[0]
+    for x, y in zip(out[0][:3], out[1][:3]):
+        np.testing.assert_array_equal(x, y)
+    assert np.all(lo <= ref + slack) and np.all(lo <= hi * (1 + 1e-12))
+    assert hi.max() >= ref.max() - slack.max()
+    assert hi.max() <= ref.max() * (1 + 2 * tol) + 1e-14
+    h = norm.value(XT.T)
+    np.testing.assert_allclose(h[lo > 0], 1.0, rtol=1e-10)

@@ -112,16 +112,17 @@ def _gtp_padded(P, H, W, g):
 @njit
 def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
     """Narrow ``[lft, r]`` around the smallest root of ``F`` (see :func:`bisect_fq`):
-    ``(good, r, lft)``, ``good = F(r) <= 0`` on entry (nothing changes otherwise)."""
+    ``(good, r, lft)``. With ``prune`` and ``lft < stop < r``, ``F(stop) <= 0`` ends it at
+    once (``r = stop``, good); otherwise ``good = F(r) <= 0`` (nothing changes when it fails)
+    and the bisection runs."""
+    if prune and lft < stop < r:
+        if _fq(v, d, stop, a, b, nonneg) <= 0.0:
+            return True, stop, lft
+        lft = stop
     if not _fq(v, d, r, a, b, nonneg) <= 0.0:
         return False, r, lft
-    if prune:
-        if r <= stop:
-            return True, r, lft
-        if stop > lft:
-            if _fq(v, d, stop, a, b, nonneg) <= 0.0:
-                return True, stop, lft
-            lft = stop
+    if prune and r <= stop:
+        return True, r, lft
     for _ in range(64):
         if r - lft <= 0.05 * tol * r:
             break
@@ -135,8 +136,12 @@ def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
 
 @njit
 def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, floor, cap, prune,
-                 max_iter, inner0, L_inv, proto):
-    """All bracket rounds of image ``VT[col]`` (see :func:`cert_columns`)."""
+                 max_iter, inner0, L_inv, proto, P, old, at_stop):
+    """All bracket rounds of image ``VT[col]`` (see :func:`cert_columns`), starting from the TV
+    dual ``P`` (K, H + 1, W + 1) of box half-width ``old`` (0: a zero start), updated in place;
+    returns its final half-width. ``at_stop``: the first round solves the TV dual at the
+    pruning stop instead of the bracket midpoint (a warm start from a similar image is then
+    usually close enough to prove the stop an upper end in one round)."""
     v = VT[col]
     n = H * W
     lc = lo[col]
@@ -144,13 +149,12 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
     fl = max(floor, lc)
     stop = max(fl * (1.0 + tol), cap) if prune else -np.inf
     if hc <= 0.0 or hc - lc <= tol * hc or hc <= stop:
-        return
+        return old
     dt = proto.dtype
     v32 = np.empty((H, W), dt)
     for i in range(H):
         for j in range(W):
             v32[i, j] = v[i * W + j]
-    P = np.zeros((K, H + 1, W + 1), dt)
     Z = np.empty_like(P)
     x32 = np.empty((H, W), dt)
     beta = np.zeros(1, dt)
@@ -161,12 +165,13 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
     d = np.empty(n)
     xs = np.empty(n)
     eight = K == 4
-    old = 0.0
     inner = inner0
     used = 0
     nr = 0
     while used < max_iter:
         mu = 0.5 * (lc + hc)
+        if at_stop and nr == 0 and lc < stop < hc:
+            mu = stop
         scale = mu * c
         s = _box_down(scale, buf)
         if old > 0.0:                                  # rescale the warm start to the new box
@@ -235,6 +240,7 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
     lo[col] = lc
     hi[col] = hc
     rounds[col] = nr
+    return old
 
 
 @njit(parallel=True)
@@ -265,13 +271,45 @@ def cert_columns(VT, order, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, f
         fl = best
         cp = cap
         for q in prange(s0, s1):
+            P = np.zeros((K, H + 1, W + 1), proto.dtype)
             _cert_column(VT, order[q], lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, fl,
-                         cp, prune, max_iter, inner0, L_inv, proto)
+                         cp, prune, max_iter, inner0, L_inv, proto, P, 0.0, False)
         for q in range(s0, s1):
             if lo[order[q]] > best:
                 best = lo[order[q]]
             if prune and hi[order[q]] > cap:
                 cap = hi[order[q]]
+    return best
+
+
+@njit(parallel=True)
+def cert_rows_warm(VT, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, floor, cap, prune,
+                   max_iter, inner0, L_inv, block, wave, proto):
+    """:func:`cert_columns` on images that follow each other closely (rows of a residual
+    correlation in time order): runs of ``block`` consecutive images are processed in order,
+    each starting from the TV dual of the one before (rescaled to its box), so an image much
+    like its predecessor starts near its solution. Runs go in parallel in waves of ``wave``
+    runs, the floor and cap advancing between waves (results independent of the number of
+    threads). Returns the best lower value."""
+    best = floor
+    m = VT.shape[0]
+    nb = (m + block - 1) // block
+    for w0 in range(0, nb, wave):
+        w1 = min(w0 + wave, nb)
+        fl = best
+        cp = cap
+        for ib in prange(w0, w1):
+            P = np.zeros((K, H + 1, W + 1), proto.dtype)
+            old = 0.0
+            for q in range(ib * block, min((ib + 1) * block, m)):
+                old = _cert_column(VT, q, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol,
+                                   fl, cp, prune, max_iter, inner0, L_inv, proto, P, old,
+                                   old > 0.0)
+        for q in range(w0 * block, min(w1 * block, m)):
+            if lo[q] > best:
+                best = lo[q]
+            if prune and hi[q] > cap:
+                cap = hi[q]
     return best
 
 

@@ -537,18 +537,23 @@ def _dual_tv_cert(V, norm, *, tol, floor=None, prune=False, max_iter=20000, inne
 #: images per parallel block of the certified TV dual norm: the running best (the pruning
 #: floor) advances between blocks, so results do not depend on the number of threads
 _CERT_BLOCK = 32
+#: warm-started runs of consecutive rows, and runs per parallel wave
+_WARM_RUN = 32
+_WARM_WAVE = 4
 
 
 def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_iter=20000,
-                       inner0=20, hi0=None, lo0=None, XT0=None):
+                       inner0=20, hi0=None, lo0=None, XT0=None, warm=False):
     """:func:`_dual_tv_cert` on the rows of ``VT`` (m, n) (float64, C order): images stored
     contiguously, e.g. rows of a residual correlation ``W``; no transposes.
 
     ``cap`` (with ``prune``): also abandon images whose upper end is at or below it (an upper
     bound already established elsewhere: they cannot raise the maximum). ``lo0``/``XT0``:
     precomputed single-pixel lower values and atoms (see
-    :func:`calseg.certify._kernels.single_pixel_rows`). Returns ``(lo, hi, XT, best)``, ``XT``
-    (m, n).
+    :func:`calseg.certify._kernels.single_pixel_rows`). ``warm``: the rows follow each other
+    closely (e.g. consecutive frames of ``W``): runs of consecutive rows warm-start each row's
+    TV dual from the row before (:func:`calseg.certify._kernels.cert_rows_warm`). Returns
+    ``(lo, hi, XT, best)``, ``XT`` (m, n).
     """
     from calseg.certify import _kernels as K
 
@@ -571,14 +576,17 @@ def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_
     # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
     # ~1e-6 relative, so high-accuracy requests stay in float64
     proto = np.zeros(0, dtype=np.float32 if tol >= 1e-5 else np.float64)
-    order = np.arange(m, dtype=np.int64)
     rounds = np.zeros(m, dtype=np.int64)
     L_inv = 1.0 / (16.0 if conn == 8 else 8.0)              # ||G||^2 <= 2 * max degree
-    best = K.cert_columns(VT, order, lo, hi, XT, rounds, H, Wd, 4 if conn == 8 else 2,
-                          float(a), float(b), float(c), nonneg, float(tol),
-                          float(best) if np.isfinite(best) else -1.0,
-                          float(cap) if (cap is not None and prune) else -1.0, bool(prune),
-                          int(max_iter), int(inner0), L_inv, _CERT_BLOCK, proto)
+    args = (H, Wd, 4 if conn == 8 else 2, float(a), float(b), float(c), nonneg, float(tol),
+            float(best) if np.isfinite(best) else -1.0,
+            float(cap) if (cap is not None and prune) else -1.0, bool(prune), int(max_iter),
+            int(inner0), L_inv)
+    if warm:
+        best = K.cert_rows_warm(VT, lo, hi, XT, rounds, *args, _WARM_RUN, _WARM_WAVE, proto)
+    else:
+        best = K.cert_columns(VT, np.arange(m, dtype=np.int64), lo, hi, XT, rounds, *args,
+                              _CERT_BLOCK, proto)
     return lo, hi, XT, float(best)
 
 
