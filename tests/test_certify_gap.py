@@ -305,3 +305,29 @@ def test_certificate_from_precomputed_data_matches_direct(with_background, dtype
     for key in ("residual_sq", "inner", "theta"):
         assert fast.bounds[key] == pytest.approx(direct.bounds[key], rel=rel), key
     assert fast.status == direct.status
+
+
+def test_certificate_reuses_a_given_lower_search():
+    """``lower=``: growth's last search at the same point is the certificate's lower bound
+    (its value recomputed there); the upper bounds and the gap are unchanged."""
+    from calseg.certify.gap import improving_atom
+    from calseg.model.objective import precompute
+    from calseg.model.temporal import DecayOperator
+
+    Y, D, a1, z1, z2, shape = _blob_movie(5)
+    T = Y.shape[0]
+    op = DecayOperator.from_tau(T, 0.5, 10.0)
+    F = fourier_background(T, 3)
+    temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
+    spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
+    A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
+    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3, effort="low")
+    pre = precompute(Y, op, F)
+    atom = improving_atom(Y, op, A, Z, pre=pre, **kw)
+    own, _ = certify(Y, op, A, Z, pre=pre, **kw)
+    given, best = certify(Y, op, A, Z, pre=pre, lower=atom, **kw)
+    assert given.rho_low >= atom.rho * (1 - 1e-9)          # at least the given pair's value
+    assert given.rho_low <= given.rho_up
+    for key in ("objective", "gap", "rho_up", "dual_value"):
+        assert getattr(given, key) == pytest.approx(getattr(own, key), rel=1e-12), key
+    assert best is not None and best.rho == pytest.approx(given.rho_low)

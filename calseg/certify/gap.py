@@ -157,7 +157,7 @@ def _residual(Y, op, A, Z, Q):
 
 
 def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, effort="normal",
-            seed=0, pre=None):
+            seed=0, pre=None, lower=None):
     """Certificate of global (sub)optimality of ``(A, Z)`` and the best improving atom found.
 
     Parameters
@@ -189,6 +189,10 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         background: ``W``, ``||R||^2`` and ``<R, D A Z^T>`` then come from ``D^T P Y`` and
         ``||P Y||^2`` and (T, r)/(r, r) products instead of a pass over Y and a filter of the
         (T, P) residual. Without it (e.g. ``calseg certify``) everything is computed from Y.
+    lower : Atom or None, keyword-only
+        The result of :func:`improving_atom` at this same (A, Z) (e.g. rank growth's last
+        search, which found nothing worth adding): its pair is the lower bound's search, which
+        is then not repeated.
 
     Returns
     -------
@@ -232,9 +236,24 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     F_val = 0.5 * rr + lam * theta
     _check_norms(W, temporal, spatial)
     rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-3, tol), effort=effort)
-    rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter,
-                                    seed=seed, row_scores=extra.get("row_scores"),
-                                    col_scores=extra.get("col_scores"), svd_start=effort != "low")
+    if lower is not None:
+        # recompute the given pair's value on this W (its rho is then certified here too)
+        phi = np.asarray(lower.phi, dtype=np.float64)
+        psi = np.asarray(lower.psi, dtype=np.float64)
+        ha = float(np.asarray(temporal.value(phi[:, None])).reshape(-1)[0])
+        hz = float(np.asarray(spatial.value(psi[:, None])).reshape(-1)[0])
+        rho_low = float(phi @ (W @ psi.astype(W.dtype)).astype(np.float64)) / (ha * hz) \
+            if ha > 0 and hz > 0 else 0.0
+        if rho_low <= 0:
+            rho_low, phi, psi = 0.0, np.zeros(W.shape[0]), np.zeros(W.shape[1])
+        else:
+            phi, psi = phi / ha, psi / hz
+    else:
+        rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts,
+                                        max_iter=max_iter, seed=seed,
+                                        row_scores=extra.get("row_scores"),
+                                        col_scores=extra.get("col_scores"),
+                                        svd_start=effort != "low")
     # the row sandwich's best single row is itself a feasible pair
     if "row_best" in extra and extra["row_best"][2] is not None:
         low_r, k, xb = extra["row_best"]
