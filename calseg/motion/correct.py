@@ -133,8 +133,16 @@ class CorrectedMovie:
             sc0, sc1 = (0, W) if full else (max(0, c0 - px), min(W, c1 + px))
             src = self.movie.read(start, stop, rows=slice(sr0, sr1), cols=slice(sc0, sc1), dtype=np.float32)
             src = np.asarray(src, dtype=np.float32)
-            for i in range(stop - start):
-                out[i] = self._correct(src[i], start + i, (sr0, sc0), (r0, r1, c0, c1))
+            if self.estimate.block_shifts is None and self.order == 1 and self.mode == "nearest":
+                # the default: every frame of the batch in one kernel call (same values as the
+                # per-frame scipy path below, to float rounding)
+                from calseg.motion._kernels import shift_bilinear
+
+                shifts = np.ascontiguousarray(self.estimate.shifts[start:stop], dtype=np.float64)
+                shift_bilinear(np.ascontiguousarray(src), shifts, r0 - sr0, c0 - sc0, out)
+            else:
+                for i in range(stop - start):
+                    out[i] = self._correct(src[i], start + i, (sr0, sc0), (r0, r1, c0, c1))
         if dtype is not None and np.dtype(dtype) != out.dtype:
             return out.astype(dtype)
         return out
