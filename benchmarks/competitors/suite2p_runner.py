@@ -211,16 +211,20 @@ def build_settings(fps, diameter, *, registration=True, threads=2, spatial_scale
 
 
 def build_db(movie, outdir):
+    """Suite2p's db for one TIFF or a list of TIFFs in one folder (read in that order)."""
     import suite2p
 
-    movie = Path(movie).resolve()
+    movies = [Path(m).resolve() for m in (movie if isinstance(movie, (list, tuple)) else [movie])]
     db = suite2p.default_db()
-    db["data_path"] = [str(movie.parent)]
-    db["file_list"] = [movie.name]
+    db["data_path"] = [str(movies[0].parent)]
+    db["file_list"] = [m.name for m in movies]
     db["input_format"] = "tif"
     db["save_path0"] = str(Path(outdir).resolve())
     db["save_folder"] = "suite2p"
     return db
+
+
+_CHUNK_FRAMES = 2000
 
 
 def _prepare_movie(movie, outdir):
@@ -236,8 +240,21 @@ def _prepare_movie(movie, outdir):
     with tifffile.TiffFile(movie) as tf:
         dtype = tf.series[0].dtype
         shape = tf.series[0].shape
-    if dtype in (np.dtype(np.int16), np.dtype(np.uint16)):
+        n_pages = len(tf.pages)
+    if dtype in (np.dtype(np.int16), np.dtype(np.uint16)) and n_pages == shape[0]:
         return Path(movie), {"input_dtype": str(dtype), "input_shape": list(shape), "converted": False}
+    if dtype in (np.dtype(np.int16), np.dtype(np.uint16)):
+        # an ImageJ hyperstack over 4 GB stores one page and the frames contiguously after it;
+        # Suite2p counts pages (it would see one frame): rewrite it as multi-page chunks
+        data = tifffile.memmap(movie)
+        paths = []
+        for k, s0 in enumerate(range(0, shape[0], _CHUNK_FRAMES)):
+            path = Path(outdir) / f"input_{k:03d}.tif"
+            tifffile.imwrite(path, np.asarray(data[s0:s0 + _CHUNK_FRAMES]))
+            paths.append(path)
+        del data
+        return paths, {"input_dtype": str(dtype), "input_shape": list(shape), "converted": False,
+                       "rewritten_as_pages": len(paths)}
     Y = tifffile.imread(movie).astype(np.float64)
     lo, hi = float(Y.min()), float(Y.max())
     scale = 30000.0 / (hi - lo) if hi > lo else 1.0
@@ -282,6 +299,9 @@ def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_s
 
     logger_setup(str(outdir))  # Suite2p's log to stderr and OUTDIR/run.log
     suite2p.run_s2p(db=dict(db), settings=settings)
+    if isinstance(movie_in, list):           # the rewritten chunks (Suite2p kept its binary)
+        for path in movie_in:
+            Path(path).unlink(missing_ok=True)
 
     plane = s2p_dir / "plane0"
     stat = np.load(plane / "stat.npy", allow_pickle=True)
