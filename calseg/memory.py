@@ -28,14 +28,14 @@ The model (bytes; ``F = H*W`` pixels per frame, ``P`` pixels per tile, ``b`` fra
                                                               # images, stacked for their median
     tau       = 8 F min(b, T)                                 # only when the decay is estimated
     lambda    = LAMBDA_COPIES * 4 T P' + LAMBDA_PIXEL_BYTES P'  # noise polar, P' = min(P, 4096)
-    tile      = TILE_COPIES * 4 T P + TILE_CHUNK_COPIES * 8 min(T, 1024) P + TILE_FIXED  # one tile
+    tile      = TILE_COPIES * 4 T P + TILE_CHUNK_COPIES * 8 min(T, 512) P + TILE_FIXED  # one tile
     tiles     = tile                       (1 worker, in this process)
               = workers (PROCESS_BYTES + tile + 8 F)          (worker processes)
     results   = RESULT_BYTES * T N,  N = NEURON_COVER * F / (pi d^2 / 4)
     peak      = base + images + max(motion, summary, tau, lambda, tiles + results)
 
 The constants were measured (``tracemalloc`` peaks of each stage, and peak RSS of whole runs:
-one 72 x 72 tile of 6,000 frames, estimate 1.32 GB, peak RSS 0.91 GB), with a margin; they
+one 72 x 72 tile of 6,000 frames, estimate 1.15 GB, peak RSS 0.79 GB), with a margin; they
 describe the current solver and must follow it (``tests/test_memory.py`` checks each stage).
 """
 from __future__ import annotations
@@ -47,13 +47,14 @@ from dataclasses import asdict, dataclass, field
 #: resident memory of one calseg process before it holds any data (Python, numpy, scipy, numba
 #: and the loaded kernels; measured ~250 MB)
 PROCESS_BYTES = 300 * 10 ** 6
-#: float32 (T, P) arrays a tile holds at its peak (data, residual, gradients, extrapolation).
-#: Measured with tracemalloc on 32x32 and 48x48 tiles of 300-4,000 frames: 3.3-4.3 copies, plus
-#: a part that grows up to ~60 KB per pixel at T = 1024 and no further (by its size, float64
-#: blocks of 1024 frames, as the certificate's ``calseg.certify.gap._CHUNK``): TILE_CHUNK_COPIES
-TILE_COPIES = 5
-TILE_CHUNK_COPIES = 9
-TILE_CHUNK_FRAMES = 1024
+#: float32 (T, P) arrays a tile holds at its peak (data, D^T P Y, the certificate's W and the
+#: polar search's products). Measured with tracemalloc on 32x32 and 48x48 tiles of 300-4,000
+#: frames: 4.8-6.1 copies, plus a part that grows up to ~13 KB per pixel and no further (the
+#: certificate's float64 blocks of 512 rows of W and their maximisers,
+#: ``calseg.certify.polar._ROW_BLOCK``): TILE_CHUNK_COPIES float64 rows of TILE_CHUNK_FRAMES
+TILE_COPIES = 6
+TILE_CHUNK_COPIES = 4
+TILE_CHUNK_FRAMES = 512
 TILE_FIXED = 16 * 10 ** 6
 #: the same for the white-noise block λ is measured on (measured 3 copies + ~14 KB per pixel)
 LAMBDA_COPIES = 5

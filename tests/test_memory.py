@@ -213,19 +213,19 @@ def _long_movie(path, T, H, W, seed=0):
 
 
 def test_run_under_a_budget_stays_in_it_and_a_too_small_one_is_refused(tmp_path):
-    """A recording whose default run is estimated above 600 MB runs under --max-memory 600MB
-    (smaller tiles) with the process's peak RSS (from its rusage) below 600 MB; 200 MB is refused
+    """A recording whose default run is estimated above 450 MB runs under --max-memory 450MB
+    (smaller tiles) with the process's peak RSS (from its rusage) below 450 MB; 200 MB is refused
     before any work with exit code 1 and one line."""
     movie = _long_movie(tmp_path / "long.tif", T=1500, H=48, W=64)
     fast = ["--motion-correction", "none", "--tau", "1.0", "--max-iter", "5", "--no-grow",
             "--no-report", "--workers", "1"]
     default = plan_run((1500, 48, 64), settings=_settings(tau=1.0, motion_correction="none",
                                                           workers=1), diameter=12.0)
-    assert default.peak > 600e6 and default.n_tiles == 1
-    code, rss, err = _run_measured(["run", movie, "-o", tmp_path / "out", "--max-memory", "600MB", *fast])
+    assert default.peak > 450e6 and default.n_tiles == 1
+    code, rss, err = _run_measured(["run", movie, "-o", tmp_path / "out", "--max-memory", "450MB", *fast])
     assert code == 0, err
-    assert rss < 600e6, (rss / 1e6, err)
-    assert "to fit max_memory 600MB: tile size 64 -> 56 px" in err
+    assert rss < 450e6, (rss / 1e6, err)
+    assert "to fit max_memory 450MB: tile size 64 -> 52 px" in err
 
     res = CliRunner().invoke(main, ["run", str(movie), "-o", str(tmp_path / "o2"), "--max-memory", "200MB",
                                     *fast])
