@@ -258,21 +258,31 @@ def test_zero_factorisation_and_lambda_max_with_decay_operator():
     assert after.objective < c.objective
 
 
-@pytest.mark.parametrize("with_background", [False, True])
-def test_improving_atom_from_precomputed_data_matches_direct(with_background):
-    """Growth computes W = D^T P (Y - D A Z^T) from the solver's D^T P Y: same atom as from Y."""
-    from calseg.certify.gap import improving_atom
-    from calseg.model.objective import precompute
+def _one_blob_fit(with_background, dtype=None, **extra):
+    """The two-blob movie fitted with its first blob only, and the certify/improving_atom
+    keywords: ``(Y, op, F, A, Z, kw)``."""
     from calseg.model.temporal import DecayOperator
 
     Y, D, a1, z1, z2, shape = _blob_movie(5)
+    if dtype is not None:
+        Y = Y.astype(dtype)
     T = Y.shape[0]
     op = DecayOperator.from_tau(T, 0.5, 10.0)
     F = fourier_background(T, 3) if with_background else None
     temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
     spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
     A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
-    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3)
+    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3, **extra)
+    return Y, op, F, A, Z, kw
+
+
+@pytest.mark.parametrize("with_background", [False, True])
+def test_improving_atom_from_precomputed_data_matches_direct(with_background):
+    """Growth computes W = D^T P (Y - D A Z^T) from the solver's D^T P Y: same atom as from Y."""
+    from calseg.certify.gap import improving_atom
+    from calseg.model.objective import precompute
+
+    Y, op, F, A, Z, kw = _one_blob_fit(with_background)
     direct = improving_atom(Y, op, A, Z, **kw)
     fast = improving_atom(Y, op, A, Z, pre=precompute(Y, op, F), **kw)
     assert direct is not None and fast is not None
@@ -286,17 +296,8 @@ def test_certificate_from_precomputed_data_matches_direct(with_background, dtype
     """The solver's D^T P Y and ||P Y||^2 give the same objective, residual terms, bounds and
     gap as the pass over Y that ``calseg certify`` makes."""
     from calseg.model.objective import precompute
-    from calseg.model.temporal import DecayOperator
 
-    Y, D, a1, z1, z2, shape = _blob_movie(5)
-    Y = Y.astype(dtype)
-    T = Y.shape[0]
-    op = DecayOperator.from_tau(T, 0.5, 10.0)
-    F = fourier_background(T, 3) if with_background else None
-    temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
-    spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
-    A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
-    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3, effort="low")
+    Y, op, F, A, Z, kw = _one_blob_fit(with_background, dtype=dtype, effort="low")
     direct, _ = certify(Y, op, A, Z, **kw)
     fast, _ = certify(Y, op, A, Z, pre=precompute(Y, op, F), **kw)
     rel = 1e-9 if dtype == np.float64 else 1e-4
@@ -312,16 +313,8 @@ def test_certificate_reuses_a_given_lower_search():
     (its value recomputed there); the upper bounds and the gap are unchanged."""
     from calseg.certify.gap import improving_atom
     from calseg.model.objective import precompute
-    from calseg.model.temporal import DecayOperator
 
-    Y, D, a1, z1, z2, shape = _blob_movie(5)
-    T = Y.shape[0]
-    op = DecayOperator.from_tau(T, 0.5, 10.0)
-    F = fourier_background(T, 3)
-    temporal = CompositeNorm(1.0, 1.0, 0.0, nonnegative=True)
-    spatial = CompositeNorm(1.0, 1.0, 0.6, nonnegative=True, image_shape=shape)
-    A, Z = a1[:, None].astype(np.float64), z1[:, None].astype(np.float64)
-    kw = dict(lam=1.0, temporal=temporal, spatial=spatial, background=F, seed=3, effort="low")
+    Y, op, F, A, Z, kw = _one_blob_fit(True, effort="low")
     pre = precompute(Y, op, F)
     atom = improving_atom(Y, op, A, Z, pre=pre, **kw)
     own, _ = certify(Y, op, A, Z, pre=pre, **kw)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from calseg.certify._kernels import bisect_fq, bisect_fq_serial
+from calseg.certify._kernels import bisect_fq_serial
 
 
 def _shrink(U, thr, nonneg):
@@ -12,7 +12,7 @@ def _shrink(U, thr, nonneg):
 
 
 def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, stop, prune):
-    """Numpy twin of ``bisect_fq`` on columns of V, D (n, m); returns (r, lft, good)."""
+    """Numpy twin of ``bisect_fq_serial`` on columns of V, D (n, m); returns (r, lft, good)."""
     def F(mu, Va, Da):
         Z = _shrink(Va - mu * Da, mu * b, nonneg)
         return np.sqrt(np.einsum("ij,ij->j", Z, Z)) - a * mu
@@ -44,10 +44,9 @@ def bisect_fq_twin(V, D, r, lft, a, b, nonneg, tol, stop, prune):
     return r, lft, good
 
 
-@pytest.mark.parametrize("kernel", [bisect_fq, bisect_fq_serial])
 @pytest.mark.parametrize("nonneg", [True, False])
 @pytest.mark.parametrize("prune", [False, True])
-def test_bisect_fq_matches_twin(nonneg, prune, kernel):
+def test_bisect_fq_matches_twin(nonneg, prune):
     rng = np.random.default_rng(7)
     n, m = 50, 12
     V = rng.standard_normal((n, m))
@@ -58,8 +57,8 @@ def test_bisect_fq_matches_twin(nonneg, prune, kernel):
     lo = np.full(m, 0.0)
     stop = float(np.median(hi)) if prune else -1.0
     r, lft, good = hi.copy(), lo.copy(), np.empty(m, np.bool_)
-    kernel(np.ascontiguousarray(V.T), np.ascontiguousarray(D.T), r, lft, a, b, nonneg, tol,
-              stop, prune, good)
+    bisect_fq_serial(np.ascontiguousarray(V.T), np.ascontiguousarray(D.T), r, lft, a, b, nonneg,
+                     tol, stop, prune, good)
     r2, l2, g2 = bisect_fq_twin(V, D, hi, lo, a, b, nonneg, tol, stop, prune)
     np.testing.assert_array_equal(good, g2)
     assert not good[3] or (prune and r[3] == stop)

@@ -43,19 +43,13 @@ def _bisect_column(v, d, r, lft, j, a, b, nonneg, tol, stop, prune, good):
     lft[j] = lj
 
 
-@njit(parallel=True)
-def bisect_fq(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
+@njit
+def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
     """Per row j of ``VT``/``DT`` (m, n): ``good[j] = F(r[j]) <= 0``; for good rows, narrow
     ``[lft[j], r[j]]`` (in place) keeping ``F(r) <= 0``: with ``prune``, first try ``r = stop``
     (an end at or below ``stop`` is all a branch and bound needs), then bisect (at most 64
-    halvings) until ``r - lft <= 0.05 tol r``. Rows in parallel."""
-    for j in prange(VT.shape[0]):
-        _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, stop, prune, good)
-
-
-@njit
-def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
-    """:func:`bisect_fq` on one thread (a few rows: waking threads costs more than the work)."""
+    halvings) until ``r - lft <= 0.05 tol r``. The numpy twin's bisection (the fused kernel
+    bisects each image itself with :func:`_bisect_scalar`)."""
     for j in range(VT.shape[0]):
         _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, stop, prune, good)
 
@@ -111,7 +105,7 @@ def _gtp_padded(P, H, W, g):
 
 @njit
 def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
-    """Narrow ``[lft, r]`` around the smallest root of ``F`` (see :func:`bisect_fq`):
+    """Narrow ``[lft, r]`` around the smallest root of ``F`` (see :func:`bisect_fq_serial`):
     ``(good, r, lft)``. With ``prune`` and ``lft < stop < r``, ``F(stop) <= 0`` ends it at
     once (``r = stop``, good); otherwise ``good = F(r) <= 0`` (nothing changes when it fails)
     and the bisection runs."""

@@ -14,6 +14,19 @@ import numpy as np
 from .._jit import njit, prange
 
 
+@njit
+def _interp_axis(c, n):
+    """Clamp a source coordinate to ``[0, n - 1]``: the two neighbouring indices and the weight
+    of the second (``mode="nearest"``)."""
+    if c < 0.0:
+        c = 0.0
+    elif c > n - 1:
+        c = n - 1.0
+    i0 = int(math.floor(c))
+    i1 = i0 + 1 if i0 < n - 1 else i0
+    return i0, i1, c - i0
+
+
 @njit(parallel=True)
 def shift_bilinear(src, shifts, r0, c0, out):
     """``out[i] = shift(src[i], shifts[i])[r0:r0 + h, c0:c0 + w]`` for ``out`` (n, h, w):
@@ -25,23 +38,9 @@ def shift_bilinear(src, shifts, r0, c0, out):
         dy = shifts[i, 0]
         dx = shifts[i, 1]
         for y in range(h):
-            cy = (y + r0) - dy
-            if cy < 0.0:
-                cy = 0.0
-            elif cy > H - 1:
-                cy = H - 1.0
-            y0 = int(math.floor(cy))
-            fy = cy - y0
-            y1 = y0 + 1 if y0 < H - 1 else y0
+            y0, y1, fy = _interp_axis((y + r0) - dy, H)
             for x in range(w):
-                cx = (x + c0) - dx
-                if cx < 0.0:
-                    cx = 0.0
-                elif cx > W - 1:
-                    cx = W - 1.0
-                x0 = int(math.floor(cx))
-                fx = cx - x0
-                x1 = x0 + 1 if x0 < W - 1 else x0
+                x0, x1, fx = _interp_axis((x + c0) - dx, W)
                 top = (1.0 - fx) * np.float64(src[i, y0, x0]) + fx * np.float64(src[i, y0, x1])
                 bot = (1.0 - fx) * np.float64(src[i, y1, x0]) + fx * np.float64(src[i, y1, x1])
                 out[i, y, x] = (1.0 - fy) * top + fy * bot
