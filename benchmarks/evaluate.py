@@ -262,6 +262,13 @@ def _one_line(row) -> str:
 
 # --------------------------------------------------------------------------- spikefinder
 
+def _has_spikes(spikes):
+    """Per column: whether the ground truth has at least one spike (its r is defined)."""
+    import numpy as np
+
+    return np.nansum(spikes, axis=0) > 0
+
+
 def evaluate_spikefinder(directory: Path, work: Path, *, oasis: bool = True, fps: float = 100.0) -> list:
     """calseg.deconvolve and OASIS on every spikefinder training set; rows per dataset and 'all'."""
     sys.path.insert(0, str(COMPETITORS))
@@ -316,6 +323,9 @@ def evaluate_spikefinder(directory: Path, work: Path, *, oasis: bool = True, fps
                     pred, _ = read_padded_csv(dst)
                     wall = meas["wall_s"]
                 r = spikefinder_corr(pred, ds.spikes)
+                # a neuron for which a method predicts no spike at all scores 0, not NaN (NaN
+                # would drop it from the mean and reward giving up on hard cells)
+                r = np.where(np.isnan(r) & _has_spikes(ds.spikes), 0.0, r)
             except Exception as exc:  # noqa: BLE001
                 rows.append({"method": method, "dataset": ds.name, "n_cells": len(ds.columns), "mean_r": None,
                              "median_r": None, "wall_s": time.perf_counter() - t0,

@@ -6,7 +6,10 @@ footprint:
     min_{a >= 0, b}  ½ ‖ỹ − D a − F b‖² + λ (α ‖a‖₂ + β ‖a‖₁),   ỹ = (y − median y) / σ
 
 with D the unit-column calcium-decay dictionary, F slow Fourier atoms (a drifting baseline, free),
-σ the trace's noise SD (robust, from frame-to-frame differences) and λ in noise units. b is
+σ the SD of the trace's noise projected on one unit-norm transient (robust, from frame-to-frame
+differences; for traces resampled to a higher rate than they were recorded at, from differences
+at the lag where the noise decorrelates, times the square root of that lag) and λ in those
+units, so λ = 2 asks each spike to stand two noise SDs above the noise along its transient. b is
 eliminated exactly (projection onto F's orthogonal complement) and a is found by FISTA with the
 composite prox ℓ1⁺ → ℓ2 (METHOD.md §4.1), stopping on the relative change of the objective.
 The returned spikes are a / n (calcium increments per frame, in the trace's units).
@@ -18,18 +21,98 @@ import numpy as np
 from .errors import ConfigError, InputError
 
 #: default λ (in units of the trace's noise SD) for deconvolution
-DEFAULT_DECONV_LAM = 1.0
+DEFAULT_DECONV_LAM = 2.0
 #: shortest baseline-drift period (s) followed by the Fourier background with ``n_background="auto"``
 DEFAULT_DRIFT_PERIOD_S = 20.0
 
 
-def trace_noise(y: np.ndarray) -> float:
-    """Robust noise SD of a trace from its frame-to-frame differences."""
-    d = np.diff(y)
-    s = np.median(np.abs(d - np.median(d))) / (0.6745 * np.sqrt(2.0))
+def _diff_sd(y: np.ndarray, k: int) -> float:
+    """Robust SD of the lag-``k`` differences of ``y``, divided by √2 (= the noise SD for white noise)."""
+    d = y[k:] - y[:-k]
+    return float(np.median(np.abs(d - np.median(d))) / (0.6745 * np.sqrt(2.0)))
+
+
+def resampling_factor(y: np.ndarray, *, collapse: float = 30.0) -> int:
+    """How many frames per recorded sample a trace has, if it was resampled to a higher rate.
+
+    A trace recorded at rate f and resampled (interpolated, or band-limited by an anti-aliasing
+    filter) to a higher rate has almost no power above the original Nyquist frequency f/2: its
+    spectrum collapses there, by orders of magnitude (spikefinder's data, resampled to 100 Hz,
+    drop 600x to 10^10x within one octave). A trace sampled at its own rate keeps a flat white
+    noise floor up to the Nyquist frequency, and even a clean calcium signal's spectrum falls
+    only ~4-16x per octave. The octave bands of a Welch spectrum, from the lowest up, are scanned
+    for the first that holds less than ``1/collapse`` of the power density of the octave below;
+    its lower edge f_c gives the factor fs / (2 f_c) (a power of two). 1 when there is none.
+
+    Parameters
+    ----------
+    y : ndarray of shape (T,)
+    collapse : float
+        Drop in mean power density between adjacent octaves that marks the cutoff.
+
+    Returns
+    -------
+    int
+    """
+    from scipy.signal import welch
+
+    y = np.asarray(y, dtype=np.float64)
+    T = y.shape[0]
+    if T < 256:
+        return 1
+    f, P = welch(y - np.median(y), fs=1.0, nperseg=min(1024, T // 4))
+    edges = [0.5 / 2 ** k for k in range(7)]  # 0.5, 0.25, ... 1/128 cycles per frame
+    bands = []
+    for hi, lo in zip(edges, edges[1:]):
+        sel = (f > lo) & (f <= hi)
+        bands.append(float(P[sel].mean()) if sel.any() else np.nan)
+    # bands[0] is the top octave; scan from the lowest octave up for the first collapse
+    for k in range(len(bands) - 2, -1, -1):
+        low, high = bands[k + 1], bands[k]
+        if np.isfinite(low) and np.isfinite(high) and low > 0 and high < low / collapse:
+            return 2 ** (k + 1)  # cutoff at edges[k + 1] = 0.5 / 2**(k+1) cycles per frame
+    return 1
+
+
+def noise_level(y: np.ndarray) -> tuple[float, int]:
+    """Noise SD of a trace and the number of frames over which its noise stays correlated.
+
+    For a trace at its own sampling rate: the robust SD of its frame-to-frame differences / √2
+    (white noise). For a trace resampled ``m`` times (see :func:`resampling_factor`), the noise
+    is correlated over ``m`` frames and its lag-1 differences are far smaller than the noise;
+    the SD is then taken from the lag-``m`` differences, where the noise has decorrelated.
+
+    Parameters
+    ----------
+    y : ndarray of shape (T,)
+
+    Returns
+    -------
+    sigma : float
+        Noise SD per frame (> 0).
+    corr_frames : int
+        Correlation length of the noise in frames (1 for white noise).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    m = resampling_factor(y)
+    m = m if m < y.shape[0] // 4 else 1
+    s = _diff_sd(y, m) if y.shape[0] > m else np.nan
     if not np.isfinite(s) or s <= 0:
-        s = float(np.std(y)) or 1.0
-    return float(s)
+        return float(np.std(y)) or 1.0, 1
+    return s, m
+
+
+def trace_noise(y: np.ndarray) -> float:
+    """Noise level of a trace for the deconvolution's λ: the SD of its noise projected on one
+    unit-norm calcium transient.
+
+    For white noise that is the per-frame noise SD. Noise correlated over ``m`` frames (see
+    :func:`noise_level`) adds up coherently over a transient, which spans many more frames, so its
+    projection is larger by about √m; without this factor a trace resampled from 8 Hz to 100 Hz
+    looks ~35 times less noisy than it is and every noise bump becomes a spike.
+    """
+    sigma, m = noise_level(y)
+    return float(sigma * np.sqrt(m))
 
 
 def lipschitz_bound(op) -> float:
@@ -226,7 +309,7 @@ def deconvolve(traces: np.ndarray, fps: float, *, tau: float | None = None, rise
         if last < 10:
             infos.append({"column": j, "status": "too short"})
             continue
-        t_j = tau if tau is not None else estimate_tau(y[:, None], fps)
+        t_j = tau if tau is not None else estimate_tau(y[:, None], fps, min_lag=max(2, 2 * noise_level(y)[1]))
         r_j = rise if (rise is not None and rise * fps >= 0.3 and abs(rise - t_j) > 1e-3 * t_j) else None
         op = DecayOperator.from_tau(last, t_j, fps, rise=r_j)
         n_bg = background_atoms(last, fps) if n_background == "auto" else int(n_background)

@@ -221,7 +221,7 @@ def neuropil_atoms(summary: Summary, n_atoms: int, *, min_spread: float = 0.5) -
 
 
 def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: Summary | None = None,
-                 max_frames: int = 5000, seeds=None, batch_size: int = 500) -> float:
+                 max_frames: int = 5000, seeds=None, batch_size: int = 500, min_lag: int = 2) -> float:
     """Estimate the calcium decay time (s) from the autocovariance of the most active traces.
 
     The movie is read in batches of ``batch_size`` whole frames (the memory it takes).
@@ -229,9 +229,10 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
     For an exponentially decaying calcium process plus white noise, the autocovariance at lags
     k >= 1 is c·γ^k, free of the noise. For each trace (the 3x3 neighbourhood means around the
     ``seeds``, else the ``n_pixels`` pixels of highest local correlation, or the given traces),
-    log acov(k) is fitted by a line over the lags from 2 (past the rise) to where acov falls
-    below a fifth of acov(2); the median γ over traces gives τ = −1/(fps·ln γ), clamped to
-    [0.05, 5] s.
+    log acov(k) is fitted by a line over the lags from ``min_lag`` (default 2: past the rise) to
+    where acov falls below a fifth of acov(``min_lag``); the median γ over traces gives
+    τ = −1/(fps·ln γ), clamped to [0.05, 5] s. Traces whose noise is correlated over a few frames
+    (resampled to a higher rate) need ``min_lag`` past that correlation length.
     """
     if isinstance(movie_or_traces, np.ndarray) and movie_or_traces.ndim == 2:
         traces = movie_or_traces.astype(np.float64)
@@ -255,23 +256,25 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
         traces = np.concatenate(cols, axis=0).astype(np.float64)
     traces = traces[np.all(np.isfinite(traces), axis=1)]
     T = traces.shape[0]
-    max_lag = int(min(max(T // 4, 3), max(5 * fps * 2, 10)))
+    min_lag = max(int(min_lag), 2)
+    max_lag = int(min(max(T // 4, min_lag + 1), max(5 * fps * 2, 10, 4 * min_lag)))
     g = []
     for j in range(traces.shape[1]):
         x = traces[:, j] - np.median(traces[:, j])
         x = x - x.mean()
         ac = np.array([np.dot(x[k:], x[:T - k]) / (T - k) for k in range(1, max_lag + 1)])
-        if ac[0] <= 0 or len(ac) < 3 or ac[1] <= 0:
+        first = min_lag - 1  # index of lag min_lag
+        if ac[0] <= 0 or len(ac) <= first + 1 or ac[first] <= 0:
             continue
         lags = np.arange(1, max_lag + 1)
         use = np.zeros(len(ac), bool)
-        for k in range(1, len(ac)):  # from lag 2, contiguous while acov stays high
-            if ac[k] < 0.2 * ac[1]:
+        for k in range(first, len(ac)):  # from min_lag, contiguous while acov stays high
+            if ac[k] < 0.2 * ac[first]:
                 break
             use[k] = True
         if use.sum() < 2:
-            if ac[2 - 1] > 0 and ac[1] < ac[0]:
-                g.append(ac[1] / ac[0])
+            if ac[first - 1] > 0 and ac[first] < ac[first - 1]:
+                g.append(ac[first] / ac[first - 1])
             continue
         slope = np.polyfit(lags[use], np.log(ac[use]), 1)[0]
         if slope < 0:

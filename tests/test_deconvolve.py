@@ -4,7 +4,7 @@ from click.testing import CliRunner
 from scipy.signal import lfilter
 
 from calseg.cli import main
-from calseg.deconvolve import deconvolve, deconvolve_trace, trace_noise
+from calseg.deconvolve import _diff_sd, deconvolve, deconvolve_trace, noise_level, trace_noise
 from calseg.errors import ConfigError
 from calseg.model.background import fourier_background
 from calseg.model.temporal import DecayOperator
@@ -53,6 +53,62 @@ def test_noise_estimate_is_robust_to_spikes():
     y = 0.5 * rng.standard_normal(5000)
     y[::50] += 20
     assert abs(trace_noise(y) - 0.5) < 0.05
+
+
+def _resampled(y_slow, factor):
+    """Band-limited (Fourier) resampling of a slow series to ``factor`` times its rate, as the
+    spikefinder organisers resampled every recording to 100 Hz."""
+    from scipy.signal import resample
+
+    return resample(y_slow, len(y_slow) * factor)
+
+
+@pytest.mark.parametrize("factor,expected", [(1, 1), (2, 2), (4, 4), (12, 8)])
+def test_noise_level_sees_through_resampling(factor, expected):
+    """White noise of SD 0.5 recorded at a low rate and resampled ``factor`` times: its lag-1
+    differences are far too small, but the spectrum's collapse above the original Nyquist
+    frequency gives the factor (to a power of two), the noise SD comes from differences at that
+    lag, and the noise projected on a transient grows by sqrt(corr_frames)."""
+    rng = np.random.default_rng(5)
+    y = _resampled(0.5 * rng.standard_normal(40000 // factor), factor)
+    sigma, m = noise_level(y)
+    assert m == expected
+    assert 0.5 * 0.7 < sigma < 0.5 * 1.1, sigma
+    assert trace_noise(y) == pytest.approx(sigma * np.sqrt(m))
+    if factor > 1:
+        assert _diff_sd(y, 1) < 0.7 * sigma  # what the frame-to-frame estimate alone would say
+
+
+@pytest.mark.parametrize("fps,noise", [(7.0, 0.1), (15.0, 0.05), (30.0, 0.05)])
+def test_clean_native_traces_are_not_taken_for_resampled(fps, noise):
+    """A clean calcium trace at its own rate (dense spiking, tiny noise): its spectrum falls with
+    frequency but never collapses, so the noise stays the frame-to-frame estimate, not the much
+    larger spread of the signal over a few frames."""
+    s, y = _spiky(4000, 1, fps=fps, tau=1.0, rate=2.0 / fps, noise=noise, seed=9)
+    sigma, m = noise_level(y[:, 0])
+    assert m == 1
+    assert sigma == _diff_sd(y[:, 0], 1) and sigma < 3 * noise
+
+
+def test_decay_estimate_skips_the_resampling_correlation():
+    """An AR(1) calcium process (τ = 0.7 s at 8 Hz) plus noise, resampled to 96 Hz: fitting the
+    decay from past the noise's correlation recovers τ; from lag 2 the fit mistakes the
+    resampled noise's fast decorrelation for the decay."""
+    from calseg.summary import estimate_tau
+
+    fps_slow, factor, tau = 8.0, 12, 0.7
+    good, naive = [], []
+    for seed in (6, 7, 8):
+        rng = np.random.default_rng(seed)
+        s = (rng.random(6000) < 0.15) * rng.uniform(0.5, 1.5, 6000)
+        c = lfilter([1], [1, -np.exp(-1 / (fps_slow * tau))], s)
+        y = _resampled(c + 0.6 * rng.standard_normal(6000), factor)
+        m = noise_level(y)[1]
+        assert m == 8
+        good.append(estimate_tau(y[:, None], fps_slow * factor, min_lag=2 * m))
+        naive.append(estimate_tau(y[:, None], fps_slow * factor))
+    assert abs(np.mean(good) - tau) < 0.1 * tau, good
+    assert abs(np.mean(naive) - tau) > 0.15 * tau, naive
 
 
 def test_bad_parameters():
