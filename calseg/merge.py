@@ -1,11 +1,18 @@
 """Join the components of all tiles into one set of neurons.
 
-Each tile keeps only components whose centroid lies in its core, so a neuron is normally found
-once. Near a core boundary two tiles can both see the same neuron with centroids that fall on
-either side, and inside one tile rank growth can add a partial copy of a neuron already there;
-such pairs (masks overlapping by more than ``overlap`` of the smaller one and calcium traces
-correlated above ``corr``) are merged by keeping the stronger component. Overlapping neurons with
-different activity are kept apart by the trace test.
+Each tile reports the components whose centroid lies in its core (*owned*), so a neuron is
+normally found once. Near a core boundary two tiles can both see the same neuron with centroids
+that fall on either side, and inside one tile rank growth can add a partial copy of a neuron
+already there; such pairs (masks overlapping by more than ``overlap`` of the smaller one and
+calcium traces correlated above ``corr``) are merged by keeping the stronger component.
+Overlapping neurons with different activity are kept apart by the trace test.
+
+A dim neuron is sometimes found by a neighbouring tile and missed by the one that owns it (each
+tile's solve starts from its own seeds and sees a different background). Tiles therefore also
+report components outside their core that their window holds whole (*not owned*); after all
+owned components are merged, such a component is added only when no kept neuron lies within a
+radius of it or overlaps its mask, and its own duplicates from other tiles are dropped the same
+way.
 """
 from __future__ import annotations
 
@@ -36,10 +43,10 @@ def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
     diameter : float
         Pairs whose centroids are further apart than one diameter are never compared.
     """
-    order = sorted(range(len(components)), key=lambda i: -components[i].score)
+    owned = [c for c in components if getattr(c, "owned", True)]
+    spare = [c for c in components if not getattr(c, "owned", True)]
     kept: list = []
-    for i in order:
-        c = components[i]
+    for c in sorted(owned, key=lambda c: -c.score):
         dup = False
         for k in kept:
             dy = k.centroid[0] - c.centroid[0]
@@ -47,6 +54,20 @@ def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
             if dy * dy + dx * dx > diameter * diameter:
                 continue
             if _overlap(k.mask, c.mask) > overlap and _corr(k.calcium, c.calcium) > corr:
+                dup = True
+                break
+        if not dup:
+            kept.append(c)
+    r2 = (0.5 * diameter) ** 2
+    for c in sorted(spare, key=lambda c: (-c.score, c.tile)):
+        dup = False
+        for k in kept:
+            dy = k.centroid[0] - c.centroid[0]
+            dx = k.centroid[1] - c.centroid[1]
+            d2 = dy * dy + dx * dx
+            if d2 > diameter * diameter:
+                continue
+            if d2 < r2 or _overlap(k.mask, c.mask) > 0.0:
                 dup = True
                 break
         if not dup:

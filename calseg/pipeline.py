@@ -188,7 +188,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     tiles = plan_tiles(H, W, tile_size, overlap)
 
     t0 = time.perf_counter()
-    from .lam import DEFAULT_FACTOR, noise_polar
+    from .lam import DEFAULT_FACTOR, noise_polar, trace_null
     from .model.temporal import DecayOperator
     from .prox.composite import CompositeNorm
     from .tile import background_dictionary
@@ -199,6 +199,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
                             CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
                                           connectivity=settings.connectivity), seed=settings.seed)
     lam = float(settings.lam) if settings.lam is not None else settings.lam_scale * DEFAULT_FACTOR * rho_noise
+    q_trace = trace_null(T, op, F, CompositeNorm(*settings.temporal, nonnegative=True), seed=settings.seed)
     timings["lambda"] = time.perf_counter() - t0
     area = np.pi * diameter ** 2 / 4.0
     ctx = TileContext(
@@ -209,7 +210,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         certify=settings.certify, grow_rank=settings.grow_rank, max_grow=settings.max_grow,
         certificate_tol=settings.certificate_tol, mask_threshold=settings.mask_threshold,
         min_area=settings.min_area_fraction * area, max_area=settings.max_area_fraction * area,
-        seed=settings.seed, rho_noise=rho_noise)
+        seed=settings.seed, rho_noise=rho_noise, trace_null=q_trace)
     workers = plan.workers
     where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{workers} worker(s)"
     log.info("%d x %d x %d frames at %.3g Hz; cell diameter %.1f px; tau %.3g s (%s); lambda %.3g; "
@@ -236,7 +237,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         "calseg_version": __version__,
         "settings": settings.to_dict(),
         "resolved": {"fps": fps, "cell_diameter_px": diameter, "tau_s": tau, "tau_source": tau_source,
-                     "rise_s": rise, "lam": lam, "noise_polar": rho_noise, "tile_size": tile_size, "tile_overlap": overlap,
+                     "rise_s": rise, "lam": lam, "noise_polar": rho_noise, "trace_null": q_trace, "tile_size": tile_size, "tile_overlap": overlap,
                      "n_tiles": len(tiles), "n_seeds": int(len(seeds)),
                      "n_neuropil_atoms": int(neuropil.shape[1]), "workers": workers,
                      "scheduler": settings.scheduler, "memory": plan.to_dict()},

@@ -56,9 +56,17 @@ def _block_sums(X, block, nby, nbx):
     return out.reshape(t, nby * nbx)
 
 
+#: bins (of about half a decay time each) in the running median that the peak is measured from
+PEAK_BASELINE_BINS = 21
+
+
 def _smoothed_peak(X, bin_frames, sigma):
-    """Max over time of the binned, blurred frames minus their median, and the median absolute
-    difference of consecutive binned frames (None with fewer than 3 bins), both (H, W)."""
+    """Max over time of the binned, blurred frames minus their running median, and the median
+    absolute difference of consecutive binned frames (None with fewer than 3 bins), both (H, W).
+
+    The running median spans ``PEAK_BASELINE_BINS`` bins (about ten decay times): neuropil and
+    illumination drifts slower than that do not count as peaks, while a transient, a few bins
+    long, does not move the median."""
     from scipy import ndimage
 
     t, H, W = X.shape
@@ -69,8 +77,11 @@ def _smoothed_peak(X, bin_frames, sigma):
         Xb = X[:nb * bin_frames].reshape(nb, bin_frames, H, W).mean(axis=1)
     if sigma > 0:
         Xb = ndimage.gaussian_filter(Xb, sigma=(0, sigma, sigma), mode="nearest")
-    med = np.median(Xb, axis=0)
-    peak = (Xb.max(axis=0) - med).astype(np.float32)
+    if Xb.shape[0] > PEAK_BASELINE_BINS:
+        base = ndimage.median_filter(Xb, size=(PEAK_BASELINE_BINS, 1, 1), mode="nearest")
+        peak = (Xb - base).max(axis=0).astype(np.float32)
+    else:
+        peak = (Xb.max(axis=0) - np.median(Xb, axis=0)).astype(np.float32)
     nd = np.median(np.abs(np.diff(Xb, axis=0)), axis=0).astype(np.float32) if Xb.shape[0] >= 3 else None
     return peak, nd
 
@@ -221,10 +232,13 @@ def neuropil_atoms(summary: Summary, n_atoms: int, *, min_spread: float = 0.5) -
 
 
 def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: Summary | None = None,
-                 max_frames: int = 5000, seeds=None, batch_size: int = 500, min_lag: int = 2) -> float:
+                 max_frames: int = 5000, seeds=None, batch_size: int = 500, min_lag: int = 2,
+                 n_seeds: int = 16) -> float:
     """Estimate the calcium decay time (s) from the autocovariance of the most active traces.
 
     The movie is read in batches of ``batch_size`` whole frames (the memory it takes).
+    Only the ``n_seeds`` strongest seeds are used: in sparse, dim recordings most weaker seeds sit
+    on neuropil, vessels or noise, whose slow drifts would read as a decay of several seconds.
 
     For an exponentially decaying calcium process plus white noise, the autocovariance at lags
     k >= 1 is c·γ^k, free of the noise. For each trace (the 3x3 neighbourhood means around the
@@ -241,7 +255,7 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
         T, H, W = movie.shape
         stop = min(T, max_frames)
         if seeds is not None and len(seeds):
-            pts = np.asarray(seeds)[: n_pixels // 4]
+            pts = np.asarray(seeds)[: max(1, min(n_pixels // 4, n_seeds))]
             cols = []
             for _, X in movie.iter_batches(batch_size, stop=stop, dtype=np.float32):
                 block = np.empty((X.shape[0], len(pts)), np.float32)

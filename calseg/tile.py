@@ -43,7 +43,28 @@ class TileContext:
     min_area: float
     max_area: float
     seed: int = 0
-    rho_noise: float = 0.0     # polar of white noise for this tile size: the significance threshold
+    rho_noise: float = 0.0     # polar of white noise for this tile size: the growth threshold
+    trace_null: float = 0.0    # 99th percentile of one noise trace's temporal polar (calseg.lam.trace_null)
+
+
+#: a component below ρ_noise must have a mask at least this many times the smallest reportable
+#: cell's area to pass on its own footprint's noise level (calseg.lam): small fragments of local
+#: neuropil fluctuations clear that level too, whole dim cells are larger
+RELAXED_MIN_AREA = 2.0
+#: ... and a compact one (area / convex-hull area): on realistic-preset simulations the ragged
+#: patches of local neuropil that clear their own noise level mostly had solidity < 0.65, the dim
+#: cells > 0.65 (58 of 59)
+RELAXED_MIN_SOLIDITY = 0.65
+
+
+def _solidity(mask: np.ndarray) -> float:
+    """Area of a 2-D mask over the area of its convex hull (1 for a convex shape)."""
+    from skimage.morphology import convex_hull_image
+
+    ys, xs = np.nonzero(mask)
+    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    hull = convex_hull_image(crop)
+    return float(crop.sum() / max(hull.sum(), 1))
 
 
 @dataclass
@@ -60,6 +81,7 @@ class Component:
     snr: float
     baseline: float             # F0: mean background fluorescence under the mask
     tile: int
+    owned: bool = True          # centroid in the tile's core; False: a whole view from a neighbour
 
 
 @dataclass
@@ -213,7 +235,13 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
 
     tnorm = CompositeNorm(*ctx.temporal, nonnegative=True)
     snorm = CompositeNorm(*ctx.spatial, nonnegative=True, image_shape=(h, w), connectivity=ctx.connectivity)
-    scores = tnorm.value(A) * snorm.value(Z)
+    znorm = snorm.value(Z)
+    scores = tnorm.value(A) * znorm
+    # the noise level on each component's own footprint (calseg.lam): ‖ψ‖₂ · q99
+    from .lam import SIGNIFICANCE
+
+    bar = np.minimum(ctx.rho_noise, SIGNIFICANCE * ctx.trace_null * np.linalg.norm(Z, axis=0)
+                     / np.where(znorm > 0, znorm, 1.0)) if ctx.trace_null > 0 else np.full(Z.shape[1], ctx.rho_noise)
     C = op.apply(A)  # (T, r) calcium in normalised units
     sig = sigma.astype(np.float64).ravel()
     # background level per pixel: the mean image minus the mean of every component's contribution
@@ -225,7 +253,7 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         z = Z[:, i]
         if not np.any(z > 0) or not np.any(A[:, i] > 0):
             continue
-        if rho is not None and rho[i] <= ctx.rho_noise:
+        if rho is not None and rho[i] <= bar[i]:
             continue
         img = z.reshape(h, w)
         mask = img >= ctx.mask_threshold * img.max()
@@ -236,11 +264,15 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         area = int(mask.sum())
         if area < ctx.min_area or area > ctx.max_area:
             continue
+        if rho is not None and rho[i] <= ctx.rho_noise and (area < RELAXED_MIN_AREA * ctx.min_area
+                                                            or _solidity(mask) < RELAXED_MIN_SOLIDITY):
+            continue  # a fragment: only a whole, compact cell may pass on its own noise level
         wts = img * mask
         cy = float((yy * wts).sum() / wts.sum()) + tile.y0
         cx = float((xx * wts).sum() / wts.sum()) + tile.x0
-        if not tile.owns(cy, cx):
-            continue
+        owned = tile.owns(cy, cx)
+        if not owned and not _whole_in_window(tile, cy, cx, 0.5 * ctx.diameter, (H, W)):
+            continue  # cut by the window's border: the neighbour that owns it sees it whole
         raw_w = (z * sig)  # raw units per unit calcium
         m = mask.ravel()
         amp = float(raw_w[m].mean())
@@ -256,5 +288,13 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         out.append(Component(pixels=gpix.astype(np.int64), weights=raw_w[sup].astype(np.float32),
                              mask=gmask.astype(np.int64), calcium=calcium.astype(np.float32),
                              spikes=spikes.astype(np.float32), centroid=(cy, cx),
-                             score=float(scores[i]), snr=snr, baseline=baseline, tile=tile.index))
+                             score=float(scores[i]), snr=snr, baseline=baseline, tile=tile.index,
+                             owned=owned))
     return out
+
+
+def _whole_in_window(tile: Tile, cy: float, cx: float, margin: float, image_shape) -> bool:
+    """Whether a centroid lies ``margin`` inside every window edge that is not the image's edge."""
+    H, W = image_shape
+    return ((tile.y0 == 0 or cy >= tile.y0 + margin) and (tile.y1 == H or cy < tile.y1 - margin)
+            and (tile.x0 == 0 or cx >= tile.x0 + margin) and (tile.x1 == W or cx < tile.x1 - margin))
