@@ -11,12 +11,17 @@ A dim neuron is sometimes found by a neighbouring tile and missed by the one tha
 tile's solve starts from its own seeds and sees a different background). Tiles therefore also
 report components outside their core that their window holds whole (*not owned*); after all
 owned components are merged, such a component is added only when no kept neuron lies within a
-radius of it or overlaps its mask, and its own duplicates from other tiles are dropped the same
-way.
+radius of it or overlaps its mask by more than ``SPARE_OVERLAP``, and its own duplicates from
+other tiles are dropped the same way.
 """
 from __future__ import annotations
 
 import numpy as np
+
+
+#: a view from a neighbouring tile is a duplicate when its mask overlaps a kept neuron's by more
+#: than this fraction of the smaller mask (or their centroids are within a radius)
+SPARE_OVERLAP = 0.3
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,7 +72,7 @@ def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
             d2 = dy * dy + dx * dx
             if d2 > diameter * diameter:
                 continue
-            if d2 < r2 or _overlap(k.mask, c.mask) > 0.0:
+            if d2 < r2 or _overlap(k.mask, c.mask) > SPARE_OVERLAP:
                 dup = True
                 break
         if not dup:
