@@ -544,7 +544,7 @@ def certify_cmd(ctx, result_dir, movie, channel, plane, as_json):
 @click.option("--tau", type=float, default=None, help="Decay time (s); default: indicator, else estimated per trace.")
 @click.option("--rise", type=float, default=None, help="Rise time (s).")
 @click.option("--indicator", type=str, default=None, help="Indicator preset setting tau/rise.")
-@click.option("--lam", type=float, default=None, help="λ in noise SDs (larger: sparser spikes; default 1).")
+@click.option("--lam", type=float, default=None, help="λ in noise SDs of a transient (larger: sparser spikes; default 2).")
 @click.option("--smooth", type=float, default=None, metavar="SECONDS",
               help="Report a spike rate smoothed by a Gaussian of this SD instead of sparse spikes.")
 @click.option("--force", is_flag=True, help="Overwrite OUT.")
