@@ -338,7 +338,10 @@ def score_cmd(truth, pred, threshold, iou_threshold, truth_spikes, pred_spikes, 
 
     TRUTH and PRED are each a Neurofinder regions.json, a label-image TIFF (0 = background), or a
     folder holding regions.json or truth/regions.json (a `calseg simulate` or `calseg run`
-    output); a folder's spikes.csv and traces.csv/calcium.csv are then correlated too.
+    output); a folder's spikes.csv and traces.csv/calcium.csv are then correlated too. When the
+    truth folder has truth/motion.csv and the prediction folder motion.csv, the truth regions are
+    first moved by the whole-pixel offset of the motion-corrected frame (its reference is built
+    from the recording, so its origin is arbitrary).
     """
     from .score import format_table, score
 

@@ -430,9 +430,51 @@ def _check_params(threshold, iou_threshold, bin_frames) -> None:
         raise ConfigError(f"bin_frames={bin_frames!r}: must be an integer >= 1")
 
 
+def _motion_csv(x, names) -> Path | None:
+    if not isinstance(x, (str, Path)) or not Path(x).is_dir():
+        return None
+    for name in names:
+        if (Path(x) / name).is_file():
+            return Path(x) / name
+    return None
+
+
+def motion_offset(truth, pred) -> tuple[int, int] | None:
+    """Whole-pixel offset of a motion-corrected result's frame from the simulation's truth frame.
+
+    Motion correction aligns the recording to a reference built from the recording itself, so
+    its frame sits at the recording's typical position, not at the simulator's undisplaced
+    reference. With ``truth/motion.csv`` (content displacements d_t, as ``calseg simulate``
+    writes them) next to the truth and ``motion.csv`` (corrections s_t ≈ −d_t + c) next to the
+    prediction, the constant c = mean_t(s_t + d_t), rounded per axis, is that offset; the truth
+    regions are moved by it before matching. None when either file is missing.
+    """
+    t_path = _motion_csv(truth, ("truth/motion.csv", "motion.csv"))
+    p_path = _motion_csv(pred, ("motion.csv",))
+    if t_path is None or p_path is None:
+        return None
+    t = np.genfromtxt(t_path, delimiter=",", names=True)
+    p = np.genfromtxt(p_path, delimiter=",", names=True)
+    if t.size != p.size or not {"dy", "dx"} <= set(t.dtype.names) or not {"dy", "dx"} <= set(p.dtype.names):
+        raise InputError(f"{p_path}: {p.size} frames of shifts against {t.size} in {t_path}")
+    return (int(np.rint(np.mean(p["dy"] + t["dy"]))), int(np.rint(np.mean(p["dx"] + t["dx"]))))
+
+
+def _shifted(regions: Regions, offset) -> Regions:
+    """The regions moved by ``offset`` (rows, cols); pixels moved below 0 are dropped."""
+    coords, ids = [], []
+    for c, i in zip(regions.coords, regions.ids):
+        moved = c + np.asarray(offset, dtype=c.dtype)
+        moved = moved[(moved >= 0).all(axis=1)]
+        if len(moved):
+            coords.append(moved)
+            ids.append(i)
+    return regions_from_coordinates(coords, ids, source=f"{regions.source} (moved by {tuple(offset)})")
+
+
 def score(truth, pred, *, threshold: float = 5.0, iou_threshold: float = 0.5,
           truth_spikes=None, pred_spikes=None, truth_traces=None, pred_traces=None,
-          bin_frames: int = 1) -> dict:
+          bin_frames: int = 1, align_motion: bool = True) -> dict:
     """Score predicted neurons against a ground truth.
 
     Parameters
@@ -452,6 +494,9 @@ def score(truth, pred, *, threshold: float = 5.0, iou_threshold: float = 0.5,
         region order. A table named explicitly whose counterpart is missing is an error.
     bin_frames : int
         Frames summed per bin before correlating (default 1: no binning).
+    align_motion : bool
+        When both are folders with motion files, move the truth regions by the offset of the
+        motion-corrected frame (:func:`motion_offset`) before matching (default True).
 
     Returns
     -------
@@ -473,10 +518,14 @@ def score(truth, pred, *, threshold: float = 5.0, iou_threshold: float = 0.5,
     p_regions, p_found = _as_regions(pred, "pred")
     if len(t_regions) == 0:
         raise InputError(f"{t_regions.source}: the truth holds no region; nothing to score against")
+    offset = motion_offset(truth, pred) if align_motion else None
+    if offset is not None and offset != (0, 0):
+        t_regions = _shifted(t_regions, offset)
     shape = [max(t_regions.extent[0], p_regions.extent[0]), max(t_regions.extent[1], p_regions.extent[1])]
 
     result = {
         "truth": {"source": t_regions.source, "n_regions": len(t_regions)},
+        "motion_offset": list(offset) if offset is not None else None,
         "pred": {"source": p_regions.source, "n_regions": len(p_regions)},
         "shape": shape,
         "neurofinder": neurofinder_metrics(t_regions, p_regions, threshold=threshold),

@@ -227,3 +227,14 @@ def test_write_table_layout(s2p, tmp_path):
     s2p.write_table(p, v, fs=4.0)
     lines = p.read_text().splitlines()
     assert lines == ["frame,time_s,1,2", "0,0.000000,0,2", "1,0.250000,1.5,-1", "2,0.500000,,0.25"]
+
+
+def test_write_motion_flips_suite2p_offsets_into_corrections(s2p, tmp_path):
+    """Registered: motion.csv holds -yoff, -xoff (calseg's correction convention), which
+    calseg.score.motion_offset reads; not registered (no offsets in ops): no file."""
+    p = tmp_path / "motion.csv"
+    assert s2p.write_motion(p, {"yoff": np.array([1, 2, 3]), "xoff": np.array([0, -1, 0])})
+    assert p.read_text().splitlines() == ["frame,dy,dx", "0,-1.0000,-0.0000", "1,-2.0000,1.0000",
+                                          "2,-3.0000,-0.0000"]
+    q = tmp_path / "none.csv"
+    assert not s2p.write_motion(q, {}) and not q.exists()

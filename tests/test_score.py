@@ -467,3 +467,38 @@ def test_empty_run_folder_scores_zero_without_reading_its_empty_tables(tmp_path)
     (pred / "spikes.csv").write_text("frame,time_s\n0,0.0\n1,0.1\n2,0.2\n")
     out = _score(truth, pred)
     assert out["neurofinder"]["recall"] == 0 and out["spikes"]["n_neurons"] == 0
+
+
+def test_motion_corrected_result_is_scored_in_its_own_frame(tmp_path):
+    """A motion-corrected result lives in the frame of a reference built from the recording,
+    offset from the simulator's frame by c = mean(s + d): the truth is moved by round(c) first."""
+    import json
+
+    from calseg.score import motion_offset, score
+
+    rng = np.random.default_rng(0)
+    T = 50
+    d = np.cumsum(rng.normal(0, 0.3, (T, 2)), axis=0)            # content displacements
+    s = -d + np.array([3.2, -1.1]) + rng.normal(0, 0.05, (T, 2))   # corrections, offset (3.2, -1.1)
+    truth_dir, pred_dir = tmp_path / "sim", tmp_path / "out"
+    (truth_dir / "truth").mkdir(parents=True)
+    pred_dir.mkdir()
+    yy, xx = np.mgrid[0:40, 0:40]
+    cells = [(10, 10), (25, 28)]
+    disk = lambda cy, cx: np.argwhere(np.hypot(yy - cy, xx - cx) <= 3).tolist()
+    (truth_dir / "truth" / "regions.json").write_text(json.dumps(
+        [{"id": k + 1, "coordinates": disk(cy, cx)} for k, (cy, cx) in enumerate(cells)]))
+    (pred_dir / "regions.json").write_text(json.dumps(
+        [{"id": k + 1, "coordinates": disk(cy + 3, cx - 1)} for k, (cy, cx) in enumerate(cells)]))
+    for path, m in ((truth_dir / "truth" / "motion.csv", d), (pred_dir / "motion.csv", s)):
+        with open(path, "w") as fh:
+            fh.write("frame,dy,dx\n")
+            for t in range(T):
+                fh.write(f"{t},{m[t, 0]:.4f},{m[t, 1]:.4f}\n")
+    assert motion_offset(truth_dir, pred_dir) == (3, -1)
+    aligned = score(truth_dir, pred_dir)
+    assert aligned["motion_offset"] == [3, -1]
+    assert aligned["iou"]["f1"] == 1.0
+    raw = score(truth_dir, pred_dir, align_motion=False)
+    assert raw["motion_offset"] is None and raw["iou"]["f1"] < 1.0
+    assert motion_offset(truth_dir / "truth" / "regions.json", pred_dir) is None  # files, not folders

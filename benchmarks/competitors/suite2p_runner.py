@@ -19,6 +19,10 @@ Outputs in OUTDIR:
 - ``spikes.csv``    same layout; Suite2p's ``spks`` (its own OASIS on its own baseline-corrected
   trace; arbitrary units, and halved for uint16 input because Suite2p converts uint16 frames
   with ``// 2``).
+- ``motion.csv``    with registration only: ``frame,dy,dx``, the rigid corrections in calseg's
+  convention (``-yoff``, ``-xoff``: a frame's content displaced by d is corrected by about −d plus
+  a constant), so ``calseg score`` can place the truth in Suite2p's registered frame as it does for
+  calseg's.
 - ``timing.json``   wall seconds, CPU seconds (this process and its children), peak RSS,
   Suite2p's per-stage ``plane_times``, counts.
 - ``settings.json`` the exact Suite2p ``db`` and ``settings`` dictionaries used.
@@ -316,6 +320,7 @@ def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_s
     dff, F0 = dff_running_percentile(F[keep], Fneu[keep], fps, denominator=dff_denominator)
     write_table(outdir / "traces.csv", dff, fps)
     write_table(outdir / "spikes.csv", spks[keep], fps)
+    write_motion(outdir / "motion.csv", ops)
 
     self_ru = resource.getrusage(resource.RUSAGE_SELF)
     child_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -347,6 +352,22 @@ def run(movie, outdir, fps, diameter, *, registration=True, threads=2, spatial_s
     }
     _write_json(outdir / "timing.json", timing)
     return timing
+
+
+def write_motion(path, ops):
+    """``frame,dy,dx`` = (−yoff, −xoff) per frame when Suite2p registered the movie; else nothing.
+
+    Suite2p's ``yoff``/``xoff`` are the offsets it measured (a frame whose content moved by d
+    gets about +d); calseg's ``motion.csv`` holds corrections (about −d), hence the sign.
+    """
+    yoff, xoff = ops.get("yoff"), ops.get("xoff")
+    if yoff is None or xoff is None or len(yoff) == 0:  # no registration: no offsets in ops
+        return False
+    with open(path, "w") as fh:
+        fh.write("frame,dy,dx\n")
+        for t, (y, x) in enumerate(zip(np.asarray(yoff, float), np.asarray(xoff, float))):
+            fh.write(f"{t},{-y:.4f},{-x:.4f}\n")
+    return True
 
 
 def main(argv=None):
