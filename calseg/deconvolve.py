@@ -102,16 +102,17 @@ def noise_level(y: np.ndarray) -> tuple[float, int]:
     return s, m
 
 
-def trace_noise(y: np.ndarray) -> float:
+def trace_noise(y: np.ndarray, level: tuple[float, int] | None = None) -> float:
     """Noise level of a trace for the deconvolution's λ: the SD of its noise projected on one
     unit-norm calcium transient.
 
     For white noise that is the per-frame noise SD. Noise correlated over ``m`` frames (see
     :func:`noise_level`) adds up coherently over a transient, which spans many more frames, so its
     projection is larger by about √m; without this factor a trace resampled from 8 Hz to 100 Hz
-    looks ~35 times less noisy than it is and every noise bump becomes a spike.
+    looks ~35 times less noisy than it is and every noise bump becomes a spike. ``level``: the
+    trace's :func:`noise_level`, when already computed.
     """
-    sigma, m = noise_level(y)
+    sigma, m = noise_level(y) if level is None else level
     return float(sigma * np.sqrt(m))
 
 
@@ -171,14 +172,16 @@ def _step_constant(op) -> float:
 
 
 def deconvolve_trace(y: np.ndarray, op, *, lam: float = DEFAULT_DECONV_LAM, temporal=(1.0, 1.0),
-                     n_background: int = 3, max_iter: int = 2000, tol: float = 1e-7):
-    """Deconvolve one trace; returns (spikes (T,), calcium fit (T,), info dict)."""
+                     n_background: int = 3, max_iter: int = 2000, tol: float = 1e-7, level=None):
+    """Deconvolve one trace; returns (spikes (T,), calcium fit (T,), info dict).
+
+    ``level``: the trace's :func:`noise_level` when the caller already has it."""
     from .model.background import fourier_background
     from .prox.norms import group_l2_shrink, soft_threshold
 
     y = np.asarray(y, dtype=np.float64)
     T = y.shape[0]
-    sigma = trace_noise(y)
+    sigma = trace_noise(y, level)
     yn = (y - np.median(y)) / sigma
     F = fourier_background(T, n_background) if n_background > 0 else np.zeros((T, 0))
 
@@ -309,12 +312,13 @@ def deconvolve(traces: np.ndarray, fps: float, *, tau: float | None = None, rise
         if last < 10:
             infos.append({"column": j, "status": "too short"})
             continue
-        t_j = tau if tau is not None else estimate_tau(y[:, None], fps, min_lag=max(2, 2 * noise_level(y)[1]))
+        level = noise_level(y)  # once per trace: the decay fit and the λ units both use it
+        t_j = tau if tau is not None else estimate_tau(y[:, None], fps, min_lag=max(2, 2 * level[1]))
         r_j = rise if (rise is not None and rise * fps >= 0.3 and abs(rise - t_j) > 1e-3 * t_j) else None
         op = DecayOperator.from_tau(last, t_j, fps, rise=r_j)
         n_bg = background_atoms(last, fps) if n_background == "auto" else int(n_background)
         s, _, info = deconvolve_trace(y, op, lam=lam, temporal=temporal, n_background=n_bg,
-                                      max_iter=max_iter, tol=tol)
+                                      max_iter=max_iter, tol=tol, level=level)
         if smooth:
             from scipy.ndimage import gaussian_filter1d
 
