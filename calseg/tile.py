@@ -237,11 +237,16 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
     snorm = CompositeNorm(*ctx.spatial, nonnegative=True, image_shape=(h, w), connectivity=ctx.connectivity)
     znorm = snorm.value(Z)
     scores = tnorm.value(A) * znorm
-    # the noise level on each component's own footprint (calseg.lam): ‖ψ‖₂ · q99
+    # a component clears the noise over every atom (strong), or the noise seen through its own
+    # footprint, SIGNIFICANCE · ‖ψ‖₂ · q99 (calseg.lam), if its mask turns out whole and compact
     from .lam import SIGNIFICANCE
 
-    bar = np.minimum(ctx.rho_noise, SIGNIFICANCE * ctx.trace_null * np.linalg.norm(Z, axis=0)
-                     / np.where(znorm > 0, znorm, 1.0)) if ctx.trace_null > 0 else np.full(Z.shape[1], ctx.rho_noise)
+    if rho is None:
+        strong = relaxed = np.ones(Z.shape[1], bool)
+    else:
+        strong = rho > ctx.rho_noise
+        own = SIGNIFICANCE * ctx.trace_null * np.linalg.norm(Z, axis=0) / np.where(znorm > 0, znorm, 1.0)
+        relaxed = (rho > own) if ctx.trace_null > 0 else strong
     C = op.apply(A)  # (T, r) calcium in normalised units
     sig = sigma.astype(np.float64).ravel()
     # background level per pixel: the mean image minus the mean of every component's contribution
@@ -253,7 +258,7 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         z = Z[:, i]
         if not np.any(z > 0) or not np.any(A[:, i] > 0):
             continue
-        if rho is not None and rho[i] <= bar[i]:
+        if not (strong[i] or relaxed[i]):
             continue
         img = z.reshape(h, w)
         mask = img >= ctx.mask_threshold * img.max()
@@ -264,8 +269,7 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         area = int(mask.sum())
         if area < ctx.min_area or area > ctx.max_area:
             continue
-        if rho is not None and rho[i] <= ctx.rho_noise and (area < RELAXED_MIN_AREA * ctx.min_area
-                                                            or _solidity(mask) < RELAXED_MIN_SOLIDITY):
+        if not strong[i] and (area < RELAXED_MIN_AREA * ctx.min_area or _solidity(mask) < RELAXED_MIN_SOLIDITY):
             continue  # a fragment: only a whole, compact cell may pass on its own noise level
         wts = img * mask
         cy = float((yy * wts).sum() / wts.sum()) + tile.y0
