@@ -50,31 +50,28 @@ def merge_components(components: list, diameter: float, *, overlap: float = 0.5,
     """
     owned = [c for c in components if getattr(c, "owned", True)]
     spare = [c for c in components if not getattr(c, "owned", True)]
-    kept: list = []
-    for c in sorted(owned, key=lambda c: -c.score):
-        dup = False
-        for k in kept:
-            dy = k.centroid[0] - c.centroid[0]
-            dx = k.centroid[1] - c.centroid[1]
-            if dy * dy + dx * dx > diameter * diameter:
-                continue
-            if _overlap(k.mask, c.mask) > overlap and _corr(k.calcium, c.calcium) > corr:
-                dup = True
-                break
-        if not dup:
-            kept.append(c)
     r2 = (0.5 * diameter) ** 2
-    for c in sorted(spare, key=lambda c: (-c.score, c.tile)):
+    kept: list = []
+    # owned components: a duplicate shares the mask and the activity of a stronger one
+    _add_new(kept, sorted(owned, key=lambda c: -c.score), diameter,
+             lambda k, c, d2: _overlap(k.mask, c.mask) > overlap and _corr(k.calcium, c.calcium) > corr)
+    # neighbours' views: a duplicate is near a kept neuron or overlaps it
+    _add_new(kept, sorted(spare, key=lambda c: (-c.score, c.tile)), diameter,
+             lambda k, c, d2: d2 < r2 or _overlap(k.mask, c.mask) > SPARE_OVERLAP)
+    return kept
+
+
+def _add_new(kept: list, candidates, diameter: float, is_duplicate) -> None:
+    """Append to ``kept`` each candidate that is not a duplicate (``is_duplicate(k, c, d2)``) of a
+    kept component whose centroid lies within one diameter (squared distance d2)."""
+    for c in candidates:
         dup = False
         for k in kept:
             dy = k.centroid[0] - c.centroid[0]
             dx = k.centroid[1] - c.centroid[1]
             d2 = dy * dy + dx * dx
-            if d2 > diameter * diameter:
-                continue
-            if d2 < r2 or _overlap(k.mask, c.mask) > SPARE_OVERLAP:
+            if d2 <= diameter * diameter and is_duplicate(k, c, d2):
                 dup = True
                 break
         if not dup:
             kept.append(c)
-    return kept
