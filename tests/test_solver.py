@@ -6,7 +6,7 @@ import pytest
 
 from calseg.errors import ConvergenceWarning
 from calseg.model.background import fourier_background
-from calseg.model.objective import precompute
+from calseg.model.objective import _big_t_times, _big_times, precompute
 from calseg.model.temporal import DecayOperator, IdentityOperator
 from calseg.prox.composite import CompositeNorm
 from calseg.solver.bcd import bcd, merge_duplicates, prune_zero_columns
@@ -157,3 +157,22 @@ def test_budget_warning_and_no_columns():
     assert res.objective == pytest.approx(
         dense_objective(Y, D, F, res.A, res.Z, res.B, 0.0, temporal, spatial), rel=1e-12)
     np.testing.assert_allclose(res.B, Y.T @ F, rtol=1e-10)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.02, 0.2, 0.6, 1.0])
+def test_data_products_match_dense_float64(fraction):
+    # The solver's two products with the (T, P) data matrix: the column gather used for sparse
+    # footprints and the transposed product must equal the plain float64 product of the same
+    # float32 numbers, whichever path the footprints' sparsity selects.
+    rng = np.random.default_rng(7)
+    M = rng.standard_normal((517, 803)).astype(np.float32)   # T not a multiple of the row block
+    X = rng.random((803, 6))
+    X[rng.random(803) >= fraction] = 0.0
+    X32 = X.astype(np.float32).astype(np.float64)
+    ref = M.astype(np.float64) @ X32
+    got = _big_times(M, X)
+    assert got.dtype == np.float64 and got.shape == (517, 6)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    A = rng.random((517, 4))
+    refT = M.T.astype(np.float64) @ A.astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(_big_t_times(M, A), refT, rtol=0, atol=1e-4 * np.abs(refT).max())

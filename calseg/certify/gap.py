@@ -27,6 +27,7 @@ import numpy as np
 
 from calseg.certify.polar import _check_norms, _effort, _polar_upper, polar_lower
 from calseg.errors import ConfigError, InputError
+from calseg.model.objective import _big_times
 
 __all__ = ["Atom", "Certificate", "append_atom", "certify"]
 
@@ -295,10 +296,7 @@ def _residual_terms_pre(pre, op, A, Z, Q):
     DA = np.asarray(op.apply(A), dtype=np.float64).reshape(A.shape)
     if Q is not None:
         DA = DA - Q @ (Q.T @ DA)
-    YZ = np.zeros((pre.DtY.shape[0], A.shape[1]))
-    Zd = Z.astype(pre.DtY.dtype)
-    for s0 in range(0, pre.DtY.shape[1], 4 * _CHUNK):
-        YZ += np.asarray(pre.DtY[:, s0:s0 + 4 * _CHUNK] @ Zd[s0:s0 + 4 * _CHUNK], dtype=np.float64)
+    YZ = _big_times(pre.DtY, Z)
     s = float(np.sum(A * YZ))
     g = float(np.sum((DA.T @ DA) * (Z.T @ Z)))
     return float(pre.yy) - 2.0 * s + g, s - g
@@ -314,9 +312,13 @@ def _polar_data_pre(pre, op, A, Z, Q):
         if Q is not None:
             DA = DA - Q @ (Q.T @ DA)
         G = np.asarray(op.adjoint(DA), dtype=np.float64).astype(W.dtype)
-        Zd = Z.astype(W.dtype)
-        for s in range(0, W.shape[1], 4 * _CHUNK):
-            W[:, s:s + 4 * _CHUNK] -= G @ Zd[s:s + 4 * _CHUNK].T
+        cols = np.flatnonzero(np.any(Z != 0, axis=1))   # only the footprints' pixels change
+        if cols.size > W.shape[1] // 2:
+            Zd = Z.astype(W.dtype)
+            for s in range(0, W.shape[1], 4 * _CHUNK):
+                W[:, s:s + 4 * _CHUNK] -= G @ Zd[s:s + 4 * _CHUNK].T
+        elif cols.size:
+            W[:, cols] -= G @ Z[cols].astype(W.dtype).T
     return W
 
 

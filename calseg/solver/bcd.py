@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calseg.errors import ConvergenceWarning
-from calseg.model.objective import _big_times, _loss_shifted, penalty
+from calseg.model.objective import _big_t_times, _big_times, _loss_shifted, penalty
 
 __all__ = ["BCDResult", "bcd", "prune_zero_columns", "merge_duplicates"]
 
@@ -285,7 +285,7 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
         # --- Z-step
         M = DA.T @ DA
         LZ = _lipschitz(M)
-        cross_Z = _big_times(DtY.T, A)
+        cross_Z = _big_t_times(DtY, A)
         if F_k:
             cross_Z -= Bp @ (pre.DtF.T @ A)
         nA = np.asarray(temporal.value(A), np.float64)
