@@ -142,3 +142,56 @@ def batch_stats(X, k, with_peak, s1, ss, cross, dmed, med, peak):
                 if run > best:
                     best = run
             peak[i, j] = np.float32(best / kk + mu[j] - m)
+
+
+@njit(parallel=True)
+def peak_over_running_median(Xb, width):
+    """``max over t of (Xb[t] - running median of Xb)`` per pixel, (H, W) float32.
+
+    The running median has an odd ``width`` centred on t, with the series' first and last values
+    repeated past its ends (``scipy.ndimage.median_filter(Xb, size=(width, 1, 1),
+    mode="nearest")``, which it equals exactly). Each pixel keeps its window sorted and moves it
+    one value at a time (one removal, one insertion), instead of selecting a median from scratch
+    at every t: the windows are short, so this is a few dozen operations per sample.
+    """
+    t, H, W = Xb.shape
+    half = width // 2
+    peak = np.empty((H, W), np.float32)
+    for i in prange(H):
+        win = np.empty(width, np.float32)
+        v = np.empty(t, np.float32)
+        for j in range(W):
+            for s in range(t):
+                v[s] = Xb[s, i, j]
+            # the window at t = 0: v[clip(-half .. half)], sorted by insertion
+            n = 0
+            for q in range(-half, half + 1):
+                x = v[min(max(q, 0), t - 1)]
+                p = n
+                while p > 0 and win[p - 1] > x:
+                    win[p] = win[p - 1]
+                    p -= 1
+                win[p] = x
+                n += 1
+            best = v[0] - win[half]
+            for s in range(1, t):
+                out_v = v[min(max(s - 1 - half, 0), t - 1)]
+                in_v = v[min(s + half, t - 1)]
+                # remove one copy of out_v
+                p = 0
+                while p < width - 1 and win[p] != out_v:   # (bounded: NaN equals nothing)
+                    p += 1
+                while p < width - 1:
+                    win[p] = win[p + 1]
+                    p += 1
+                # insert in_v into win[:width - 1]
+                p = width - 1
+                while p > 0 and win[p - 1] > in_v:
+                    win[p] = win[p - 1]
+                    p -= 1
+                win[p] = in_v
+                d = v[s] - win[half]
+                if d > best:
+                    best = d
+            peak[i, j] = best
+    return peak

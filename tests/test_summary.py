@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from calseg._summary_kernels import batch_stats
+from calseg._summary_kernels import batch_stats, peak_over_running_median
 from calseg.motion.array_movie import ArrayMovie
 from calseg.summary import summarize
 from reference import batch_stats_twin
@@ -47,3 +47,19 @@ def test_summary_finds_a_correlated_cell_and_unit_noise():
     assert s.correlation[off].max() < 0.3 < s.correlation[11, 13]
     assert s.peak[11, 13] > 5 * np.median(s.peak[off])
     assert s.coarse.shape == (T, 3 * 4)
+
+
+@pytest.mark.parametrize("shape", [(33, 9, 11), (21, 3, 4), (22, 2, 3), (60, 4, 5)])
+def test_running_median_peak_equals_scipy_median_filter(shape):
+    # The sliding sorted window must give exactly the running median of scipy's median_filter
+    # (nearest-edge padding), ties included.
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    Xb = rng.standard_normal(shape).astype(np.float32)
+    Xb[:, 0, 0] = 1.5                                # a constant pixel: all ties
+    Xb[3:8, 1, 1] = 2.0                              # a run of equal values
+    Xb[:, 1, 2] = np.round(Xb[:, 1, 2])              # many ties
+    base = ndimage.median_filter(Xb, size=(21, 1, 1), mode="nearest")
+    expected = (Xb - base).max(axis=0)
+    np.testing.assert_array_equal(peak_over_running_median(Xb, 21), expected)
