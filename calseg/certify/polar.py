@@ -29,6 +29,7 @@ import numpy as np
 from calseg.certify.dualnorm import (_dual_l1, _dual_no_tv, _dual_tv_cert_rows, _weights,
                                      degrees, dual_norm, single_pixel_lower)
 from calseg.errors import ConfigError, ConvergenceWarning, InputError
+from calseg.model.objective import _big_t_times, _big_times
 
 __all__ = ["polar_lower", "polar_upper"]
 
@@ -442,7 +443,7 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
     if row_scores is None:
         a, b, _ = _weights(spatial)
         row_scores = np.concatenate([
-            _top_scores(sg * W.T, a, b, bool(spatial.nonnegative), n_rows)
+            _top_scores(W.T if sg > 0 else -W.T, a, b, bool(spatial.nonnegative), n_rows)
             for sg in ((1.0,) if temporal.nonnegative else (1.0, -1.0))])
     row_scores = np.asarray(row_scores, dtype=np.float64)
     for k in np.argsort(-row_scores)[:n_rows]:
@@ -507,17 +508,16 @@ def _alternate(W, temporal, spatial, Phi, *, max_iter, tol):
     Psi = np.zeros((P, s))
     active = np.arange(s)
     best = (0.0, np.zeros(T), np.zeros(P))
-    dt = W.dtype
     for _ in range(max_iter):
         if active.size == 0:
             break
         # exact block maximisers; only the feasible maximisers are used (values are recomputed
         # below), so the inner accuracy affects the quality of the bound, not its validity
-        G = (W.T @ Phi[:, active].astype(dt)).astype(np.float64)          # (P, s)
+        G = _big_t_times(W, Phi[:, active])                                # (P, s)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             _, Psi_a = dual_norm(G, spatial, tol=_INNER_TOL, max_iter=1000)
-            Hm = (W @ Psi_a.astype(dt)).astype(np.float64)                 # (T, s)
+            Hm = _big_times(W, Psi_a)                                      # (T, s)
             _, Phi_a = dual_norm(Hm, temporal, tol=_INNER_TOL, max_iter=1000)
         # certified values of the pairs (normalise by the computed norms)
         ha = np.asarray(temporal.value(Phi_a), dtype=np.float64).reshape(-1)
@@ -535,7 +535,7 @@ def _alternate(W, temporal, spatial, Phi, *, max_iter, tol):
         return 0.0, best[1], best[2]
     k = int(np.argmax(vals))
     phi, psi = Phi[:, k].copy(), Psi[:, k].copy()
-    rho = float(phi @ (W @ psi.astype(dt)).astype(np.float64))
+    rho = float(phi @ _big_times(W, psi[:, None])[:, 0])
     if rho <= 0:
         return 0.0, np.zeros(T), np.zeros(P)
     return rho, phi, psi
