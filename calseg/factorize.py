@@ -54,6 +54,8 @@ class Factorization:
         The temporal operator D (``apply``/``adjoint``).
     settings : dict
         The settings of the call (everything except the data and callbacks).
+    support : ndarray of bool, shape (P, r), or None
+        The pixels each column's footprint was restricted to (``support=``; None: all).
     """
 
     A: np.ndarray
@@ -70,6 +72,7 @@ class Factorization:
     n_grow: int
     operator: Any = field(repr=False)
     settings: dict = field(repr=False)
+    support: Any = field(default=None, repr=False)
 
     @property
     def rank(self):
@@ -208,7 +211,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
               n_background=5, rank=None, init=None, connectivity=8, max_iter=500, tol=1e-6,
               certify=True, grow_rank=True, max_grow=10, seed=0, callback=None,
               background=None, certificate_tol=1e-3, tv_tol=1e-2, certificate_effort="low",
-              grow_margin=0.05, grow_min_rho=0.0, grow_min_support=1):
+              grow_margin=0.05, grow_min_rho=0.0, grow_min_support=1, support=None):
     """Factor a movie block as ``Y ~ D A Z^T + F B^T`` with structured column norms.
 
     Parameters
@@ -279,6 +282,11 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         edge would take a growth round and be dropped as too small anyway).
     seed : int
         Seed of the random start and of the certificate's randomized search.
+    support : ndarray of bool, shape (P, r), optional
+        With ``init=(A0, Z0)``: the pixels each initial column's footprint may use (e.g. a disk
+        around its seed, so that a seed's column cannot drift onto a distant, larger signal).
+        Columns added by rank growth are unrestricted. The certificate is that of the
+        unrestricted problem.
     callback : callable or None
         ``callback(iteration, objective)`` after every solver iteration.
 
@@ -370,10 +378,16 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         method = init if init is not None else ("impulse" if r <= T else "random")
         A0, Z0 = init_factors(T, P, r, method=method, seed=int(seed))
 
+    if support is not None:
+        support = np.asarray(support, dtype=bool)
+        if support.shape != Z0.shape:
+            raise InputError(f"support must have the initial footprints' shape {Z0.shape}, "
+                             f"got {support.shape}")
     pre = precompute(Y, op, F if F.shape[1] else None)
     solve = dict(lam=float(lam), temporal=temporal_norm, spatial=spatial_norm,
                  max_iter=int(max_iter), tol=float(tol), callback=callback)
-    res = bcd(pre, op, A0, Z0, **solve)
+    res = bcd(pre, op, A0, Z0, support=support, **solve)
+    support = res.support
     history = [res.history]
     n_iter = res.n_iter
     A, Z, B = res.A, res.Z, res.B
@@ -402,8 +416,11 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                 A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)
             except InputError:  # the atom no longer decreases the objective
                 break
+            if support is not None:
+                support = np.column_stack([support, np.ones(P, dtype=bool)])
             n_grow += 1
-            res = bcd(pre, op, A, Z, **solve)
+            res = bcd(pre, op, A, Z, support=support, **solve)
+            support = res.support
             history.append(res.history)
             n_iter += res.n_iter
             A, Z, B = res.A, res.Z, res.B
@@ -425,4 +442,4 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                          history=np.concatenate(history), n_iter=n_iter,
                          converged=res.converged, stop_reason=res.stop_reason,
                          certificate=certificate, lam=float(lam), n_grow=n_grow,
-                         operator=op, settings=settings)
+                         operator=op, settings=settings, support=support)

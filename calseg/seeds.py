@@ -17,13 +17,20 @@ def _robust_z(img: np.ndarray) -> np.ndarray:
     return (img - med) / max(mad, 1e-12)
 
 
+#: the correlation image's slow landscape (Gaussian of this many cell diameters) is subtracted
+#: before its maxima are taken: a patch of correlated neuropil raises every pixel's correlation
+#: with its neighbours, a plateau that seeded dozens of columns in one tile
+CORR_BACKGROUND = 1.0
+
+
 def find_seeds(correlation: np.ndarray, peak: np.ndarray, diameter: float, *,
                corr_z: float = 3.0, peak_z: float = 4.0) -> np.ndarray:
     """Candidate neuron centres: local maxima of the smoothed correlation and peak images.
 
     A point is a seed when it is a local maximum (minimum distance ≈ diameter/3) of
     ``max(zc / corr_z, zp / peak_z)`` and that score is at least 1, with ``zc`` and ``zp`` the
-    robust z-scores (median, MAD) of the smoothed correlation image and of the peak image.
+    robust z-scores (median, MAD) of the smoothed correlation image minus its slow landscape
+    (:data:`CORR_BACKGROUND`) and of the peak image.
     Cells that fire often stand out in the correlation image; cells that fire a few times
     only in the peak image (binned, blurred transients, see :func:`calseg.summary.summarize`).
 
@@ -33,7 +40,9 @@ def find_seeds(correlation: np.ndarray, peak: np.ndarray, diameter: float, *,
     """
     d = float(diameter)
     sigma = max(d / 8.0, 0.5)
-    zc = _robust_z(ndimage.gaussian_filter(correlation.astype(np.float64), sigma=sigma))
+    c = correlation.astype(np.float64)
+    zc = _robust_z(ndimage.gaussian_filter(c, sigma=sigma)
+                   - ndimage.gaussian_filter(c, sigma=CORR_BACKGROUND * d, mode="nearest"))
     zp = _robust_z(ndimage.gaussian_filter(peak.astype(np.float64), sigma=sigma))
     score = np.maximum(zc / corr_z, zp / peak_z)
     size = max(3, int(round(d / 3.0)) | 1)

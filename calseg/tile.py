@@ -55,6 +55,13 @@ RELAXED_MIN_AREA = 2.0
 #: patches of local neuropil that clear their own noise level mostly had solidity < 0.65, the dim
 #: cells > 0.65 (58 of 59)
 RELAXED_MIN_SOLIDITY = 0.65
+#: a seed's footprint stays within this many cell diameters of the seed: a seed's start trace
+#: carries the local neuropil too, and unrestricted its column can drift onto a broader signal
+#: (a 9-px start grew to 1,400 px, centred 20 px away) and the cell it was seeded on is lost
+SEED_REACH = 1.25
+#: ... and a footprint whose mask covers more than this fraction of its reach's rim is a piece
+#: of that broader signal (a cell, within a radius of its seed, stays clear of the rim)
+REACH_EDGE_FRACTION = 0.2
 
 
 def _solidity(mask: np.ndarray) -> float:
@@ -154,14 +161,16 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     Yr = Yn - (F @ (F.T @ Yn)).astype(np.float32) if F.shape[1] else Yn
     A0, Z0 = init_factors(Yr, (h, w), local, ctx.diameter, op.gamma, op.col_norms)
     del Yr
-    A0, Z0 = _rescale(Yn, op, F, A0, Z0)
+    support = seed_support(local, (h, w), SEED_REACH * ctx.diameter)
+    A0, Z0, kept = _rescale(Yn, op, F, A0, Z0)
+    support = support[:, kept]
 
     fact = factorize(
         Yn, (h, w), lam=ctx.lam, spatial=ctx.spatial, temporal=ctx.temporal, nonnegative=True,
         operator=op, background=F, init=(A0, Z0), connectivity=ctx.connectivity,
         max_iter=ctx.max_iter, tol=ctx.tol, certify=ctx.certify, grow_rank=ctx.grow_rank,
         max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed,
-        grow_min_rho=ctx.rho_noise, grow_min_support=max(1, int(ctx.min_area)))
+        grow_min_rho=ctx.rho_noise, grow_min_support=max(1, int(ctx.min_area)), support=support)
     t_fact = time.perf_counter() - t0 - t_read
 
     rho = atom_projections(Yn, op, F, fact.A, fact.Z, (h, w), ctx)
@@ -178,10 +187,34 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
                       A=np.asarray(fact.A, np.float32), Z=np.asarray(fact.Z, np.float32))
 
 
+def seed_support(seeds, image_shape, radius):
+    """(P, n) bool: the pixels within ``radius`` of each seed (tile coordinates; a seed may lie
+    outside the tile)."""
+    h, w = image_shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((h * w, len(seeds)), dtype=bool)
+    for k, (y, x) in enumerate(seeds):
+        out[:, k] = (np.hypot(yy - y, xx - x) <= radius).ravel()
+    return out
+
+
+def _clipped_by_reach(mask, fact, i, image_shape) -> bool:
+    """True when component i's mask covers more than ``REACH_EDGE_FRACTION`` of the rim of
+    the support its footprint was restricted to (its seed's reach, inside the tile)."""
+    support = getattr(fact, "support", None)
+    if support is None or support[:, i].all():
+        return False
+    s = support[:, i].reshape(image_shape)
+    rim = s & ~ndimage.binary_erosion(s, border_value=1)
+    n = int(rim.sum())
+    return n > 0 and int((mask & rim).sum()) > REACH_EDGE_FRACTION * n
+
+
 def _rescale(Yn, op, F, A, Z):
-    """Scale each initial column pair to its least-squares amplitude and balance the two norms."""
+    """Scale each initial column pair to its least-squares amplitude and balance the two norms;
+    returns (A, Z, kept), kept marking the columns with a positive amplitude."""
     if A.shape[1] == 0:
-        return A, Z
+        return A, Z, np.zeros(0, dtype=bool)
     DA = op.apply(A.astype(np.float64))
     if F.shape[1]:
         DA = DA - F @ (F.T @ DA)
@@ -194,7 +227,7 @@ def _rescale(Yn, op, F, A, Z):
     bal = np.where(keep & (na > 0) & (nz > 0), np.sqrt(np.maximum(nz, 1e-300) / np.maximum(na, 1e-300)), 0.0)
     A = (A * (np.sqrt(s) * bal)).astype(A.dtype)
     Z = (Z * (np.sqrt(s) / np.where(bal > 0, bal, 1.0))).astype(Z.dtype)
-    return A[:, keep], Z[:, keep]
+    return A[:, keep], Z[:, keep], keep
 
 
 def atom_projections(Yn, op, F, A, Z, image_shape, ctx: TileContext) -> np.ndarray:
@@ -269,6 +302,8 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
         area = int(mask.sum())
         if area < ctx.min_area or area > ctx.max_area:
             continue
+        if _clipped_by_reach(mask, fact, i, (h, w)):
+            continue  # pressed against its seed's reach: part of a broader signal, not a cell
         if not strong[i] and (area < RELAXED_MIN_AREA * ctx.min_area or _solidity(mask) < RELAXED_MIN_SOLIDITY):
             continue  # a fragment: only a whole, compact cell may pass on its own noise level
         wts = img * mask

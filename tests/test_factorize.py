@@ -213,3 +213,27 @@ def test_operator_object_and_explicit_background_match_named_options():
     assert a.certificate.tol == 0.5
     with pytest.raises(ConfigError, match="orthonormal"):
         factorize(Y, (H, W), operator="identity", lam=0.3, background=rng.random((T, 2)))
+
+
+def test_support_restricts_the_start_columns_only_and_the_certificate_stays_valid():
+    # One start column restricted to 10 pixels: growth appends unrestricted columns, the
+    # restricted one never leaves its set, and the certificate (of the unrestricted problem)
+    # still bounds the distance to the closed-form optimum.
+    Y, lam, Pstar, k = svt_problem()
+    rng = np.random.default_rng(0)
+    support = np.zeros((70, 1), dtype=bool)
+    support[:10, 0] = True
+    A0 = rng.normal(size=(50, 1))
+    Z0 = np.where(support, rng.normal(size=(70, 1)), 0.0)
+    res = factorize(Y, (7, 10), lam=lam, init=(A0, Z0), support=support, max_iter=3000,
+                    tol=1e-10, certify=True, grow_rank=True, max_grow=10, **NUCLEAR)
+    assert res.n_grow >= 1
+    assert res.support is not None and res.support.shape == res.Z.shape
+    assert not np.any(res.Z[~res.support])
+    restricted = ~res.support.all(axis=0)
+    assert restricted.sum() <= 1 and res.support[:, ~restricted].all()
+    cert = res.certificate
+    assert cert.objective >= Pstar - 1e-9 * Pstar
+    assert cert.objective - Pstar <= cert.gap + 1e-9 * Pstar
+    with pytest.raises(InputError, match="support"):
+        factorize(Y, (7, 10), lam=lam, init=(A0, Z0), support=support[:5], **NUCLEAR)

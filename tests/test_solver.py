@@ -9,7 +9,7 @@ from calseg.model.background import fourier_background
 from calseg.model.objective import _big_t_times, _big_times, precompute
 from calseg.model.temporal import DecayOperator, IdentityOperator
 from calseg.prox.composite import CompositeNorm
-from calseg.solver.bcd import bcd, merge_duplicates, prune_zero_columns
+from calseg.solver.bcd import _merged_support, bcd, merge_duplicates, prune_zero_columns
 from calseg.solver.init import init_factors
 
 
@@ -176,3 +176,44 @@ def test_data_products_match_dense_float64(fraction):
     A = rng.random((517, 4))
     refT = M.T.astype(np.float64) @ A.astype(np.float32).astype(np.float64)
     np.testing.assert_allclose(_big_t_times(M, A), refT, rtol=0, atol=1e-4 * np.abs(refT).max())
+
+
+def test_support_keeps_each_footprint_inside_its_set_and_stays_aligned():
+    # Two seeded columns, each restricted to a 3x3 block around one planted cell, plus one
+    # column restricted to an empty corner (its footprint must die there, not wander onto a
+    # cell): footprints stay in their sets, the objective never increases, and the returned
+    # support follows the pruned columns.
+    Y, op, D, F, spatial, temporal = small_problem()
+    pre = precompute(Y, op, F)
+    H = W = 6
+    T, P = Y.shape
+    yy, xx = np.divmod(np.arange(P), W)
+
+    def box(y0, x0):
+        return (np.abs(yy - y0) <= 1) & (np.abs(xx - x0) <= 1)
+
+    support = np.stack([box(1, 1), box(4, 4), box(0, 5) & (yy == 0) & (xx == 5)], axis=1)
+    rng = np.random.default_rng(2)
+    A0 = rng.random((T, 3))
+    Z0 = support * 0.5
+    res = bcd(pre, op, A0, Z0, lam=0.05, temporal=temporal, spatial=spatial, max_iter=300,
+              tol=1e-10, support=support, merge=False)
+    assert res.support is not None and res.support.shape == res.Z.shape
+    assert not np.any(res.Z[~res.support])
+    assert np.all(np.diff(res.history) <= 1e-10 * abs(res.history[0]))
+    # the two cells are found inside their boxes
+    for y0, x0 in ((1, 1), (4, 4)):
+        hits = [i for i in range(res.Z.shape[1]) if res.support[box(y0, x0), i].all()]
+        assert len(hits) == 1 and res.Z[box(y0, x0), hits[0]].max() > 0
+    # without the restriction the same start is free to use any pixel
+    free = bcd(pre, op, A0, Z0, lam=0.05, temporal=temporal, spatial=spatial, max_iter=300,
+               tol=1e-10, merge=False)
+    assert free.support is None
+
+
+def test_merged_support_is_the_union_of_the_members():
+    Z_old = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    support = np.array([[True, False, False], [True, True, False], [False, True, True]])
+    Z_new = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])   # columns 0 and 1 merged
+    got = _merged_support(support, Z_old, Z_new)
+    np.testing.assert_array_equal(got, [[True, False], [True, False], [True, True]])

@@ -64,6 +64,7 @@ class BCDResult:
     n_merged: int
     converged: bool
     stop_reason: str
+    support: np.ndarray | None = None
 
 
 def _lipschitz(M):
@@ -175,8 +176,18 @@ def merge_duplicates(A, Z, temporal, spatial, *, tol=_MERGE_TOL):
     return newA, newZ, r - len(groups)
 
 
+def _merged_support(support, Z_old, Z_new):
+    """Supports of :func:`merge_duplicates`' columns: a merged column lies in the union of its
+    members' supports, the members being the old columns collinear with it."""
+    n_old = np.linalg.norm(Z_old, axis=0)
+    n_new = np.linalg.norm(Z_new, axis=0)
+    C = (Z_old.T @ Z_new) / np.maximum(np.outer(n_old, n_new), 1e-300)
+    member = np.abs(C) > 1 - _MERGE_TOL                       # (r_old, r_new)
+    return (support.astype(np.int32) @ member.astype(np.int32)) > 0
+
+
 def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1e-6,
-        callback=None, warn=True, merge=True):
+        callback=None, warn=True, merge=True, support=None):
     """Xu-Yin block prox-linear descent on the factorized objective.
 
     Parameters
@@ -206,6 +217,11 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
     merge : bool
         At the end, merge columns collinear in both factors (:func:`merge_duplicates`) and refit
         B; kept only when the objective does not increase (its value is appended to history).
+    support : ndarray of bool, shape (P, r), optional
+        Pixels each column of Z may use (a True column: all). Z_i is kept zero outside its
+        support: the objective is then minimized over footprints restricted to these sets, a
+        feasible point of the unrestricted problem (its certificate is unaffected). Returned,
+        pruned and merged along with the columns, as ``BCDResult.support``.
 
     Returns
     -------
@@ -262,8 +278,15 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
 
     # Pruning at the start is lossless only when A0 and Z0 are both given; with Z0 = 0 (Z
     # updated first) a column is dead only if its A column is zero.
+    if support is not None:
+        support = np.asarray(support, dtype=bool)
+        if support.shape != Z.shape:
+            raise ValueError(f"support must have Z0's shape {Z.shape}, got {support.shape}")
+        Z = np.where(support, Z, 0.0)
     keepA = np.any(A != 0, axis=0)
     A, Z = A[:, keepA], Z[:, keepA]
+    if support is not None:
+        support = support[:, keepA]
     obj, DA = evaluate(A, Z, Bp)
     history = [obj]
     A_hat, Z_hat = A, Z
@@ -290,6 +313,8 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
             cross_Z -= Bp @ (pre.DtF.T @ A)
         nA = np.asarray(temporal.value(A), np.float64)
         Zn, warm_Z = _block_step(Z_hat, cross_Z, M, LZ, nA == 0, lam * nA, spatial, warm=warm_Z)
+        if support is not None:
+            Zn[~support] = 0.0
         # --- B-step (exact)
         Bn = fit_background(A, Zn)
         # --- A-step
@@ -335,6 +360,8 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
         if not keep.all():
             A_hat, Z_hat, DA = A_hat[:, keep], Z_hat[:, keep], DA[:, keep]
             warm_Z = None
+            if support is not None:
+                support = support[:, keep]
         if len(history) > _WINDOW:
             ref = history[-1 - _WINDOW]
             if ref - obj <= tol * max(abs(obj), np.finfo(float).tiny):
@@ -343,6 +370,7 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
 
     n_merged = 0
     if merge and A.shape[1] >= 2:
+        Z_before = Z
         Am, Zm, n = merge_duplicates(A, Z, temporal, spatial)
         if n:
             Bm = fit_background(Am, Zm)
@@ -350,6 +378,8 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
             if obj_m <= obj:
                 A, Z, Bp, obj, n_merged = Am, Zm, Bm, obj_m, n
                 history.append(obj)
+                if support is not None:
+                    support = _merged_support(support, Z_before, Z)
     if stop_reason == "max_iter" and warn:
         warnings.warn(
             f"block coordinate descent stopped on its iteration budget (max_iter={max_iter}) "
@@ -358,4 +388,5 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
     B = Bp + pre.YtF if F_k else np.zeros((Z.shape[0], 0))
     return BCDResult(A=A, Z=Z, B=B, objective=float(obj), history=np.asarray(history),
                      n_iter=n_iter, n_restarts=n_restarts, n_merged=n_merged,
-                     converged=stop_reason in ("tol", "stalled"), stop_reason=stop_reason)
+                     converged=stop_reason in ("tol", "stalled"), stop_reason=stop_reason,
+                     support=support)
