@@ -24,7 +24,7 @@ CORR_BACKGROUND = 1.0
 
 
 def find_seeds(correlation: np.ndarray, peak: np.ndarray, diameter: float, *,
-               corr_z: float = 3.0, peak_z: float = 4.0) -> np.ndarray:
+               corr_z: float = 2.5, peak_z: float = 3.5) -> np.ndarray:
     """Candidate neuron centres: local maxima of the smoothed correlation and peak images.
 
     A point is a seed when it is a local maximum (minimum distance ≈ diameter/3) of

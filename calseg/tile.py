@@ -55,6 +55,10 @@ RELAXED_MIN_AREA = 2.0
 #: patches of local neuropil that clear their own noise level mostly had solidity < 0.65, the dim
 #: cells > 0.65 (58 of 59)
 RELAXED_MIN_SOLIDITY = 0.65
+#: ... and not much larger than a cell (in cell areas, pi (d/2)^2): what passes on its own noise
+#: level at 2-4 cell areas was a blob of local neuropil (realistic simulations: 14 of 35 false
+#: positives above 2.3 cell areas, no true cell)
+RELAXED_MAX_AREA = 2.0
 #: a seed's footprint stays within this many cell diameters of the seed: a seed's start trace
 #: carries the local neuropil too, and unrestricted its column can drift onto a broader signal
 #: (a 9-px start grew to 1,400 px, centred 20 px away) and the cell it was seeded on is lost
@@ -286,6 +290,7 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
     contrib = (Z * sig[:, None]) @ C.mean(axis=0)
     base_img = mu.astype(np.float64).ravel() - contrib
     yy, xx = np.mgrid[0:h, 0:w]
+    cell_area = np.pi * (0.5 * ctx.diameter) ** 2
     out = []
     for i in range(A.shape[1]):
         z = Z[:, i]
@@ -304,8 +309,10 @@ def _components(tile: Tile, fact, op, sigma, mu, ctx: TileContext, rho=None) -> 
             continue
         if _clipped_by_reach(mask, fact, i, (h, w)):
             continue  # pressed against its seed's reach: part of a broader signal, not a cell
-        if not strong[i] and (area < RELAXED_MIN_AREA * ctx.min_area or _solidity(mask) < RELAXED_MIN_SOLIDITY):
-            continue  # a fragment: only a whole, compact cell may pass on its own noise level
+        if not strong[i] and (area < RELAXED_MIN_AREA * ctx.min_area
+                              or area > RELAXED_MAX_AREA * cell_area
+                              or _solidity(mask) < RELAXED_MIN_SOLIDITY):
+            continue  # only a whole, compact, cell-sized object may pass on its own noise level
         wts = img * mask
         cy = float((yy * wts).sum() / wts.sum()) + tile.y0
         cx = float((xx * wts).sum() / wts.sum()) + tile.x0

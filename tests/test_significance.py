@@ -9,7 +9,8 @@ from calseg.merge import merge_components
 from calseg.model.temporal import DecayOperator
 from calseg.patches import plan_tiles
 from calseg.prox.composite import CompositeNorm
-from calseg.tile import Component, _solidity, _whole_in_window, background_dictionary
+from calseg.tile import (Component, TileContext, _components, _solidity, _whole_in_window,
+                         background_dictionary)
 
 T, FPS = 300, 10.0
 
@@ -132,3 +133,36 @@ def test_peak_image_measures_transients_from_a_running_baseline():
     peak, _ = _smoothed_peak(X, 3, 0.0)
     assert peak[1, 1] == pytest.approx(2.0, rel=0.05)
     assert peak[0, 0] < 0.5
+
+
+def test_reporting_rule_strong_or_whole_compact_and_cell_sized():
+    # Four components on one 60x60 tile, all with the same trace: a cell-sized disk and a blob
+    # of 3.2 cell areas, each once below the noise polar (relaxed: passes on its own footprint's
+    # level only when whole, compact and cell-sized) and once above it (strong).
+    from types import SimpleNamespace
+
+    from calseg.patches import Tile
+
+    d, h = 10.0, 60
+    op, _ = _model()
+    yy, xx = np.mgrid[0:h, 0:h]
+    disk = (np.hypot(yy - 15, xx - 15) <= 0.5 * d).ravel()
+    blob = (np.hypot(yy - 40, xx - 40) <= 0.9 * d).ravel()     # 3.2 cell areas
+    Z = np.stack([disk, blob, disk, blob], axis=1).astype(float)
+    A = np.zeros((T, 4))
+    A[[20, 90, 200], :] = 1.0
+    fact = SimpleNamespace(A=A, Z=Z, support=None)
+    area = np.pi * (d / 2) ** 2
+    ctx = TileContext(noise=np.ones((h, h), np.float32), mean=np.ones((h, h), np.float32),
+                      seeds=np.zeros((0, 2), int), neuropil=np.zeros((T, 0)), diameter=d, fps=FPS,
+                      tau=0.8, rise=None, lam=1.0, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.0),
+                      n_background=3, connectivity=8, max_iter=10, tol=1e-4, certify=False,
+                      grow_rank=False, max_grow=0, certificate_tol=1e-3, mask_threshold=0.2,
+                      min_area=0.15 * area, max_area=4.0 * area, rho_noise=10.0, trace_null=1e-3)
+    tile = Tile(index=0, y0=0, y1=h, x0=0, x1=h, core_y0=0, core_y1=h, core_x0=0, core_x1=h)
+    rho = np.array([5.0, 5.0, 20.0, 20.0])   # below, below, above, above rho_noise
+    comps = _components(tile, fact, op, np.ones((h, h), np.float32), np.ones((h, h), np.float32),
+                        ctx, rho)
+    got = sorted((round(c.centroid[0]), round(c.centroid[1]), int(c.mask.size)) for c in comps)
+    # the relaxed blob is dropped; the strong one and both disks are kept
+    assert [(g[0], g[1]) for g in got] == [(15, 15), (15, 15), (40, 40)]
