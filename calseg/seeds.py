@@ -52,6 +52,17 @@ def find_seeds(correlation: np.ndarray, peak: np.ndarray, diameter: float, *,
     return np.stack([ys[order], xs[order]], axis=1).astype(int)
 
 
+def seed_support(seeds, image_shape, radius) -> np.ndarray:
+    """(P, n) bool: the pixels of an (h, w) image within ``radius`` of each seed (a seed may lie
+    outside the image)."""
+    h, w = image_shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    out = np.zeros((h * w, len(seeds)), dtype=bool)
+    for k, (y, x) in enumerate(seeds):
+        out[:, k] = (((yy - y) ** 2 + (xx - x) ** 2) <= radius ** 2).ravel()
+    return out
+
+
 def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray, diameter: float,
                  gamma: float, col_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Initial (A, Z) for the seeds of one tile.
@@ -85,7 +96,7 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
     A = np.zeros((T, n), dtype=Yn.dtype)
     Z = np.zeros((P, n), dtype=Yn.dtype)
     radius = max(diameter / 2.0, 1.5)
-    yy, xx = np.mgrid[0:h, 0:w]
+    disks = seed_support(seeds, (h, w), 1.5 * radius)
     cube = Yn.reshape(T, h, w)
     for k, (r, c) in enumerate(seeds):
         rc, cc = min(max(r, 0), h - 1), min(max(c, 0), w - 1)
@@ -101,8 +112,7 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
         if not np.any(a > 0):
             a = np.maximum(innov, 0.0)
         A[:, k] = a * col_norms
-        disk = ((yy - r) ** 2 + (xx - c) ** 2) <= (1.5 * radius) ** 2
-        idx = np.flatnonzero(disk.ravel())
+        idx = np.flatnonzero(disks[:, k])
         Ysub = Yn[:, idx].astype(np.float64)
         yc = y - y.mean()
         num = yc @ (Ysub - Ysub.mean(axis=0))

@@ -144,7 +144,7 @@ def read_tile(movie, tile: Tile, noise: np.ndarray):
 def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     """Factorize one tile of ``movie`` (see module docstring)."""
     from .factorize import factorize
-    from .seeds import init_factors
+    from .seeds import init_factors, seed_support
 
     t0 = time.perf_counter()
     h, w = tile.shape
@@ -189,17 +189,6 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
             "seconds": time.perf_counter() - t0}
     return TileResult(tile=tile, components=comps, certificate=cert, info=info,
                       A=np.asarray(fact.A, np.float32), Z=np.asarray(fact.Z, np.float32))
-
-
-def seed_support(seeds, image_shape, radius):
-    """(P, n) bool: the pixels within ``radius`` of each seed (tile coordinates; a seed may lie
-    outside the tile)."""
-    h, w = image_shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    out = np.zeros((h * w, len(seeds)), dtype=bool)
-    for k, (y, x) in enumerate(seeds):
-        out[:, k] = (np.hypot(yy - y, xx - x) <= radius).ravel()
-    return out
 
 
 def _clipped_by_reach(mask, fact, i, image_shape) -> bool:

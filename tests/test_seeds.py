@@ -3,8 +3,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from calseg.seeds import find_seeds
-from calseg.tile import _clipped_by_reach, seed_support
+from calseg.seeds import find_seeds, seed_support
+from calseg.tile import _clipped_by_reach
 
 
 def _disk(shape, cy, cx, r):
