@@ -43,8 +43,9 @@ DEFAULT_WORK = Path(os.environ.get("CALSEG_EVAL_WORK", "/tmp/calseg-evaluate"))
 
 #: default configurations: (preset, (H, W) or None, frames or None, seed)
 DEFAULT_CONFIGS = (
-    [(p, (256, 256), 2000, s) for p in ("easy", "standard", "hard") for s in (1, 2)]
-    + [("standard", (512, 512), 3000, 1), ("realistic", (512, 512), 600, 1)]
+    [(p, size, frames, s) for size, frames in (((256, 256), 2000), ((512, 512), 3000))
+     for p in ("easy", "standard", "hard") for s in (1, 2)]
+    + [("realistic", (512, 512), 600, s) for s in (1, 2, 3)]
 )
 QUICK_CONFIGS = [("standard", (128, 128), 1000, 11), ("realistic", (192, 192), 600, 12)]
 
