@@ -162,7 +162,8 @@ def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
         if len(ctx.seeds) else np.zeros(0, bool)
     local = ctx.seeds[inside] - np.array([tile.y0, tile.x0]) if np.any(inside) else np.zeros((0, 2), int)
     # the data with the background projected out, for the initial factors
-    Yr = Yn - (F @ (F.T @ Yn)).astype(np.float32) if F.shape[1] else Yn
+    F32 = F.astype(np.float32)
+    Yr = Yn - F32 @ (F32.T @ Yn) if F.shape[1] else Yn
     A0, Z0 = init_factors(Yr, (h, w), local, ctx.diameter, op.gamma, op.col_norms)
     del Yr
     support = seed_support(local, (h, w), SEED_REACH * ctx.diameter)

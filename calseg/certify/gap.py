@@ -243,7 +243,7 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         psi = np.asarray(lower.psi, dtype=np.float64)
         ha = float(np.asarray(temporal.value(phi[:, None])).reshape(-1)[0])
         hz = float(np.asarray(spatial.value(psi[:, None])).reshape(-1)[0])
-        rho_low = float(phi @ (W @ psi.astype(W.dtype)).astype(np.float64)) / (ha * hz) \
+        rho_low = float(phi @ _big_times(W, psi[:, None])[:, 0]) / (ha * hz) \
             if ha > 0 and hz > 0 else 0.0
         if rho_low <= 0:
             rho_low, phi, psi = 0.0, np.zeros(W.shape[0]), np.zeros(W.shape[1])
