@@ -228,3 +228,32 @@ def test_warm_started_rows_bracket_the_reference_and_ignore_thread_count():
     assert hi.max() <= ref.max() * (1 + 2 * tol) + 1e-14
     h = norm.value(XT.T)
     np.testing.assert_allclose(h[lo > 0], 1.0, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_rows_no_tv_matches_the_numpy_closed_forms(dtype, nonneg):
+    """The row kernel of the TV row bound against its numpy twins (the no-TV dual norm by
+    sorting every entry, the single-pixel atoms), on rows of mixed scale, an all-negative
+    row, a zero row and tied maxima."""
+    from calseg.certify._kernels import rows_no_tv
+    from calseg.certify.dualnorm import _dual_no_tv, degrees, single_pixel_lower
+    from calseg.prox.composite import CompositeNorm
+
+    rng = np.random.default_rng(11)
+    H, Wd, n = 9, 11, 60
+    for a, b, c in [(1.0, 1.0, 0.6), (0.2, 1.7, 0.3), (1.9, 0.1, 1.0)]:
+        norm = CompositeNorm(a, b, c, nonnegative=nonneg, image_shape=(H, Wd))
+        W = rng.normal(size=(n, H * Wd)) * rng.uniform(0.01, 10, (n, 1))
+        W[0] = -np.abs(W[0])
+        W[1] = 0.0
+        W[2, :5] = 3.0
+        W = W.astype(dtype)
+        cost = a + b + c * degrees((H, Wd), 8)
+        for sg in (1.0, -1.0):
+            ub, lo = np.empty(n), np.empty(n)
+            rows_no_tv(W, sg, a, b, nonneg, cost, ub, lo)
+            V = sg * W.T.astype(np.float64)
+            np.testing.assert_allclose(ub, _dual_no_tv(V, a, b, nonneg, want_x=False)[0],
+                                       rtol=1e-12, atol=1e-300)
+            np.testing.assert_allclose(lo, single_pixel_lower(V, norm), rtol=1e-12, atol=1e-300)

@@ -354,3 +354,77 @@ def line_sumsq(W, t, absolute, rows, colparts):
                     acc += x2
                     cp[j] += x2
             rows[i] = acc
+
+
+@njit(parallel=True)
+def rows_no_tv(W, sign, a, b, nonneg, cost, ub, lo):
+    """Per row ``k`` of ``W`` (n, P), with ``v = (sign W[k])^+`` (``|W[k]|`` if not nonneg):
+
+    * ``ub[k]``: the dual norm of ``a ||.||_2 + b ||.||_1`` (+ nonnegativity) at v, ``a, b > 0``
+      (numpy twin: :func:`calseg.certify.dualnorm._dual_no_tv`): the root ``mu`` of
+      ``||(v - b mu)^+||_2 = a mu``. The single-pixel atom ``e_j / (a + b)`` gives
+      ``mu >= max v / (a + b)``, so only the entries above ``b max v / (a + b)`` can be in the
+      root's support: those are sorted and the segment formula solved on them.
+    * ``lo[k]``: ``max_j v_j / cost_j``, the best single-pixel atom of the full norm (numpy
+      twin: :func:`calseg.certify.dualnorm.single_pixel_lower`).
+
+    Reads each row of W in place (no float64 copy of the block); float64 arithmetic.
+    """
+    n, P = W.shape
+    for k in prange(n):
+        vmax = 0.0
+        best_lo = 0.0
+        for j in range(P):
+            x = sign * float(W[k, j])
+            if not nonneg:
+                x = abs(x)
+            if x > vmax:
+                vmax = x
+            r = x / cost[j]
+            if r > best_lo:
+                best_lo = r
+        lo[k] = best_lo
+        if vmax <= 0.0:
+            ub[k] = 0.0
+            continue
+        thr = b * vmax / (a + b)
+        m = 0
+        rest = 0.0                       # the largest entry left out (<= thr)
+        for j in range(P):
+            x = sign * float(W[k, j])
+            if not nonneg:
+                x = abs(x)
+            if x > thr:
+                m += 1
+            elif x > rest:
+                rest = x
+        buf = np.empty(m)
+        i = 0
+        for j in range(P):
+            x = sign * float(W[k, j])
+            if not nonneg:
+                x = abs(x)
+            if x > thr:
+                buf[i] = x
+                i += 1
+        buf.sort()
+        s1 = 0.0
+        s2 = 0.0
+        best_mu = 0.0
+        best_viol = np.inf
+        for q in range(m):
+            v = buf[m - 1 - q]
+            s1 += v
+            s2 += v * v
+            disc = b * b * (s1 * s1 - (q + 1) * s2) + a * a * s2
+            if disc < 0.0:
+                disc = 0.0
+            mu = s2 / (b * s1 + math.sqrt(disc))
+            nxt = buf[m - 2 - q] if q + 1 < m else rest
+            viol = max(nxt - b * mu, 0.0) + max(b * mu - v, 0.0)
+            if viol < best_viol:
+                best_viol = viol
+                best_mu = mu
+            if viol == 0.0:
+                break
+        ub[k] = best_mu

@@ -208,12 +208,20 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
         return upper, lower, kb, xb, rows_lo
     # TV case: order all rows by their no-TV (upper) bound, branch and bound in blocks
     ub = np.empty(T * len(signs))
-    for si, sg in enumerate(signs):
-        for s in range(0, T, _ROW_BLOCK):
-            V = sg * np.asarray(W[s:s + _ROW_BLOCK].T, dtype=np.float64)
-            ub[si * T + s: si * T + s + V.shape[1]] = _dual_no_tv(
-                V, a, b, bool(spatial.nonnegative), want_x=False)[0]
-            rows_lo[si * T + s: si * T + s + V.shape[1]] = single_pixel_lower(V, spatial)
+    if a > 0 and b > 0:
+        from ._kernels import rows_no_tv
+
+        cost = a + b + c * degrees(spatial.image_shape, spatial.connectivity)
+        for si, sg in enumerate(signs):
+            rows_no_tv(W, sg, a, b, bool(spatial.nonnegative), cost,
+                       ub[si * T:(si + 1) * T], rows_lo[si * T:(si + 1) * T])
+    else:
+        for si, sg in enumerate(signs):
+            for s in range(0, T, _ROW_BLOCK):
+                V = sg * np.asarray(W[s:s + _ROW_BLOCK].T, dtype=np.float64)
+                ub[si * T + s: si * T + s + V.shape[1]] = _dual_no_tv(
+                    V, a, b, bool(spatial.nonnegative), want_x=False)[0]
+                rows_lo[si * T + s: si * T + s + V.shape[1]] = single_pixel_lower(V, spatial)
     order = np.argsort(-ub)
     best = float(np.max(rows_lo))
     kb = int(np.argmax(rows_lo))
