@@ -356,6 +356,12 @@ def line_sumsq(W, t, absolute, rows, colparts):
             rows[i] = acc
 
 
+@njit
+def _entry(W, k, j, sign, nonneg):
+    x = sign * float(W[k, j])
+    return x if nonneg else abs(x)
+
+
 @njit(parallel=True)
 def rows_no_tv(W, sign, a, b, nonneg, cost, ub, lo):
     """Per row ``k`` of ``W`` (n, P), with ``v = (sign W[k])^+`` (``|W[k]|`` if not nonneg):
@@ -375,52 +381,36 @@ def rows_no_tv(W, sign, a, b, nonneg, cost, ub, lo):
         vmax = 0.0
         best_lo = 0.0
         for j in range(P):
-            x = sign * float(W[k, j])
-            if not nonneg:
-                x = abs(x)
-            if x > vmax:
-                vmax = x
-            r = x / cost[j]
-            if r > best_lo:
-                best_lo = r
+            x = _entry(W, k, j, sign, nonneg)
+            vmax = max(vmax, x)
+            best_lo = max(best_lo, x / cost[j])
         lo[k] = best_lo
         if vmax <= 0.0:
             ub[k] = 0.0
             continue
         thr = b * vmax / (a + b)
+        buf = np.empty(P)
         m = 0
         rest = 0.0                       # the largest entry left out (<= thr)
         for j in range(P):
-            x = sign * float(W[k, j])
-            if not nonneg:
-                x = abs(x)
+            x = _entry(W, k, j, sign, nonneg)
             if x > thr:
+                buf[m] = x
                 m += 1
             elif x > rest:
                 rest = x
-        buf = np.empty(m)
-        i = 0
-        for j in range(P):
-            x = sign * float(W[k, j])
-            if not nonneg:
-                x = abs(x)
-            if x > thr:
-                buf[i] = x
-                i += 1
-        buf.sort()
+        top = np.sort(buf[:m])
         s1 = 0.0
         s2 = 0.0
         best_mu = 0.0
         best_viol = np.inf
         for q in range(m):
-            v = buf[m - 1 - q]
+            v = top[m - 1 - q]
             s1 += v
             s2 += v * v
-            disc = b * b * (s1 * s1 - (q + 1) * s2) + a * a * s2
-            if disc < 0.0:
-                disc = 0.0
+            disc = max(b * b * (s1 * s1 - (q + 1) * s2) + a * a * s2, 0.0)
             mu = s2 / (b * s1 + math.sqrt(disc))
-            nxt = buf[m - 2 - q] if q + 1 < m else rest
+            nxt = top[m - 2 - q] if q + 1 < m else rest
             viol = max(nxt - b * mu, 0.0) + max(b * mu - v, 0.0)
             if viol < best_viol:
                 best_viol = viol
