@@ -229,15 +229,18 @@ def degrees(image_shape, connectivity):
     return np.bincount(e.ravel(), minlength=H * W).astype(np.float64)
 
 
+def pixel_costs(norm, n):
+    """``h(e_i)`` for each of the ``n`` pixels: ``a + b + c * degree_i`` (float64)."""
+    a, b, c = _weights(norm)
+    if c > 0 and n > 1:
+        return a + b + c * degrees(norm.image_shape, norm.connectivity)
+    return np.full(n, a + b)
+
+
 def single_pixel_lower(W, norm):
     """``max_i w_i^+ / h(e_i)`` per column: the best single-pixel atom, a lower bound on h°."""
-    a, b, c = _weights(norm)
     V = np.maximum(W, 0.0) if norm.nonnegative else np.abs(W)
-    if c > 0 and W.shape[0] > 1:
-        cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
-    else:
-        cost = np.full(W.shape[0], a + b)
-    return (V / cost[:, None]).max(axis=0)
+    return (V / pixel_costs(norm, W.shape[0])[:, None]).max(axis=0)
 
 
 def _g_norm(norm, tol):
@@ -499,9 +502,8 @@ def _shrink(U, thr, nonneg):
 
 def _single_pixel_atoms(W, norm):
     """Lower values and maximisers of the best single-pixel atoms ``±e_i / h(e_i)``."""
-    a, b, c = _weights(norm)
     V = np.maximum(W, 0.0) if norm.nonnegative else np.abs(W)
-    cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
+    cost = pixel_costs(norm, W.shape[0])
     ratio = V / cost[:, None]
     idx = np.argmax(ratio, axis=0)
     cols = np.arange(W.shape[1])
@@ -565,7 +567,7 @@ def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_
         np.array(hi0, dtype=np.float64)
     lo = np.empty(m)                     # single-pixel atoms: the starting lower ends
     XT = np.zeros((m, n))
-    cost = a + b + c * degrees(norm.image_shape, norm.connectivity)
+    cost = pixel_costs(norm, n)
     K.single_pixel_rows(VT, np.ascontiguousarray(cost, dtype=np.float64), nonneg, lo, XT)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
     # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to

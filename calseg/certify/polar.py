@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from calseg.certify.dualnorm import (_dual_l1, _dual_no_tv, _dual_tv_cert_rows, _weights,
-                                     degrees, dual_norm, single_pixel_lower)
+                                     dual_norm, pixel_costs, single_pixel_lower)
 from calseg.errors import ConfigError, ConvergenceWarning, InputError
 from calseg.model.objective import _big_t_times, _big_times
 
@@ -211,7 +211,7 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
     if a > 0 and b > 0:
         from ._kernels import rows_no_tv
 
-        cost = a + b + c * degrees(spatial.image_shape, spatial.connectivity)
+        cost = pixel_costs(spatial, P)
         for si, sg in enumerate(signs):
             rows_no_tv(W, sg, a, b, bool(spatial.nonnegative), cost,
                        ub[si * T:(si + 1) * T], rows_lo[si * T:(si + 1) * T])
@@ -255,7 +255,7 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
         sg = 1.0 if kb < T else -1.0
         v = sg * np.asarray(W[kb % T], dtype=np.float64)
         vv = np.maximum(v, 0) if spatial.nonnegative else np.abs(v)
-        cost = a + b + c * degrees(spatial.image_shape, spatial.connectivity)
+        cost = pixel_costs(spatial, P)
         j = int(np.argmax(vv / cost))
         xb = np.zeros(P)
         xb[j] = (1.0 if v[j] >= 0 else -1.0) / cost[j]

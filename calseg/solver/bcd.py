@@ -75,7 +75,7 @@ def _diag_lipschitz(M, coupled=None):
     marks the pairs that can interact (e.g. footprints whose supports meet); the others are
     left out of the sum.
     """
-    d = np.diag(M).copy()
+    d = np.diag(M)
     if d.size == 0:
         return d
     s = np.where(d > 0, 1.0 / np.sqrt(np.maximum(d, 1e-300)), 0.0)
@@ -86,12 +86,9 @@ def _diag_lipschitz(M, coupled=None):
 
 
 def _weight(omega, L_prev, L):
-    """Xu-Yin extrapolation weight ``min(omega, delta sqrt(L_prev / L))`` (per column for
-    per-column constants; 0 where L = 0)."""
-    L_prev = np.asarray(L_prev, np.float64)
-    L = np.asarray(L, np.float64)
-    w = np.where(L > 0, np.minimum(omega, _DELTA_OMEGA * np.sqrt(L_prev / np.maximum(L, 1e-300))), 0.0)
-    return w if w.ndim else float(w)
+    """Xu-Yin extrapolation weights ``min(omega, delta sqrt(L_prev / L))``, one per column
+    (0 where L = 0)."""
+    return np.where(L > 0, np.minimum(omega, _DELTA_OMEGA * np.sqrt(L_prev / np.maximum(L, 1e-300))), 0.0)
 
 
 def _block_step(X_hat, cross, gram, L, partner_dead, weights, norm, *, hess=None, warm=None):
