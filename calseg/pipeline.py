@@ -117,6 +117,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     -------
     Result
     """
+    from ._alloc import keep_freed_memory
     from .memory import format_bytes
     from .merge import merge_components
     from .patches import plan_tiles, run_tiles
@@ -125,6 +126,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     from .tile import TileContext, process_tile
 
     settings = (settings or Settings()).validated()
+    keep_freed_memory()
     if isinstance(movie, np.ndarray):
         from .motion.array_movie import ArrayMovie
 

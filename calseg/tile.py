@@ -143,9 +143,11 @@ def read_tile(movie, tile: Tile, noise: np.ndarray):
 
 def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     """Factorize one tile of ``movie`` (see module docstring)."""
+    from ._alloc import keep_freed_memory
     from .factorize import factorize
     from .seeds import init_factors, seed_support
 
+    keep_freed_memory()              # in whichever process runs the tile (pool, dask, serial)
     t0 = time.perf_counter()
     h, w = tile.shape
     Yn, mu, sigma = read_tile(movie, tile, ctx.noise)
