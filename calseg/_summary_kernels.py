@@ -195,3 +195,25 @@ def peak_over_running_median(Xb, width):
                     best = d
             peak[i, j] = best
     return peak
+
+
+@njit(parallel=True)
+def block_sums(X, block, out):
+    """Sums of each frame of ``X`` (t, H, W) over square ``block`` x ``block`` pixel blocks (the
+    last row/column of blocks may be partial), written into ``out`` (t, nby * nbx) float32 with
+    blocks in row-major order; accumulated in float64. One pass over the batch, in parallel over
+    frames (numpy's two ``reduceat`` passes took 0.16 s per 500 x 512 x 512 batch)."""
+    t, H, W = X.shape
+    nbx = (W + block - 1) // block
+    for s in prange(t):
+        acc = np.zeros(out.shape[1], np.float64)
+        for y in range(H):
+            base = (y // block) * nbx
+            for bx in range(nbx):
+                v = 0.0
+                for x in range(bx * block, min(W, (bx + 1) * block)):
+                    v += X[s, y, x]
+                acc[base + bx] += v
+        for b in range(out.shape[1]):
+            out[s, b] = np.float32(acc[b])
+

@@ -50,10 +50,11 @@ _HALF_SHIFTS = [(0, 1), (1, -1), (1, 0), (1, 1)]
 def _block_sums(X, block, nby, nbx):
     """Sums of (t, H, W) frames over square blocks (the last row/column of blocks may be
     partial), as (t, nby * nbx) float32, without a padded copy of the batch."""
-    t = X.shape[0]
-    rows = np.add.reduceat(X, np.arange(0, X.shape[1], block), axis=1, dtype=np.float32)
-    out = np.add.reduceat(rows, np.arange(0, X.shape[2], block), axis=2, dtype=np.float32)
-    return out.reshape(t, nby * nbx)
+    from ._summary_kernels import block_sums
+
+    out = np.empty((X.shape[0], nby * nbx), np.float32)
+    block_sums(np.ascontiguousarray(X, dtype=np.float32), int(block), out)
+    return out
 
 
 #: bins (of about half a decay time each) in the running median that the peak is measured from

@@ -63,3 +63,17 @@ def test_running_median_peak_equals_scipy_median_filter(shape):
     base = ndimage.median_filter(Xb, size=(21, 1, 1), mode="nearest")
     expected = (Xb - base).max(axis=0)
     np.testing.assert_array_equal(peak_over_running_median(Xb, 21), expected)
+
+
+@pytest.mark.parametrize("shape,block", [((3, 50, 37), 16), ((2, 48, 48), 24), ((1, 7, 5), 16)])
+def test_block_sums_equal_numpy(shape, block):
+    # partial last blocks included; float64 accumulation against numpy's float64 reduceat
+    from calseg.summary import _block_sums
+
+    X = np.random.default_rng(3).random(shape, dtype=np.float32)
+    t, H, W = shape
+    rows = np.add.reduceat(X, np.arange(0, H, block), axis=1, dtype=np.float64)
+    ref = np.add.reduceat(rows, np.arange(0, W, block), axis=2).reshape(t, -1)
+    got = _block_sums(X, block, -(-H // block), -(-W // block))
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
