@@ -257,3 +257,20 @@ def test_rows_no_tv_matches_the_numpy_closed_forms(dtype, nonneg):
             np.testing.assert_allclose(ub, _dual_no_tv(V, a, b, nonneg, want_x=False)[0],
                                        rtol=1e-12, atol=1e-300)
             np.testing.assert_allclose(lo, single_pixel_lower(V, norm), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("sign,nonneg", [(1.0, True), (-1.0, True), (1.0, False)])
+def test_line_pos_stats_equal_numpy(sign, nonneg):
+    # row and column sums of squares and maxima of (sign W)+ (|W| when signed), float32 W
+    from calseg.certify._kernels import line_pos_stats
+
+    W = np.random.default_rng(5).standard_normal((37, 23)).astype(np.float32)
+    W[:, 4] = -abs(W[:, 4])                       # a column with no positive entry
+    V = np.abs(W.astype(np.float64)) if not nonneg else np.maximum(sign * W.astype(np.float64), 0)
+    rss, rmx = np.empty(37), np.empty(37)
+    css, cmx = np.zeros((3, 23)), np.zeros((3, 23))
+    line_pos_stats(W, sign, nonneg, rss, rmx, css, cmx)
+    np.testing.assert_allclose(rss, (V ** 2).sum(1), rtol=1e-12)
+    np.testing.assert_array_equal(rmx, V.max(1))
+    np.testing.assert_allclose(css.sum(0), (V ** 2).sum(0), rtol=1e-12)
+    np.testing.assert_array_equal(cmx.max(0), V.max(0))

@@ -356,6 +356,38 @@ def line_sumsq(W, t, absolute, rows, colparts):
             rows[i] = acc
 
 
+@njit(parallel=True)
+def line_pos_stats(W, sign, nonneg, row_ss, row_max, col_ss, col_max):
+    """Sums of squares and maxima of ``v = (sign W)^+`` (``|W|`` if not ``nonneg``) along every
+    row and column of W (T, P) in one pass, without forming v: ``row_ss``, ``row_max`` (T,);
+    ``col_ss``, ``col_max`` (nb, P), zeroed by the caller, receive per-band partial results of
+    ``nb`` row bands (sum / max them over axis 0)."""
+    T, P = W.shape
+    nb = col_ss.shape[0]
+    for bd in prange(nb):
+        s0 = bd * T // nb
+        s1 = (bd + 1) * T // nb
+        css = col_ss[bd]
+        cmx = col_max[bd]
+        for i in range(s0, s1):
+            acc = 0.0
+            mx = 0.0
+            for j in range(P):
+                x = sign * np.float64(W[i, j])
+                if not nonneg:
+                    x = abs(x)
+                if x > 0.0:
+                    x2 = x * x
+                    acc += x2
+                    css[j] += x2
+                    if x > mx:
+                        mx = x
+                    if x > cmx[j]:
+                        cmx[j] = x
+            row_ss[i] = acc
+            row_max[i] = mx
+
+
 @njit
 def _entry(W, k, j, sign, nonneg):
     x = sign * float(W[k, j])

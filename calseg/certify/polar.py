@@ -448,11 +448,22 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
     n_rest = max(n_starts - len(starts), 0)
     n_rows = (n_rest + 1) // 2
     n_cols = n_rest - n_rows
+    stats = {}                     # (sign, nonneg) -> row and column (sum of squares, max)
+
+    def line_stats(sg, nonneg):
+        if (sg, nonneg) not in stats:
+            stats[(sg, nonneg)] = _line_stats(W, sg, nonneg)
+        return stats[(sg, nonneg)]
+
     if row_scores is None:
         a, b, _ = _weights(spatial)
-        row_scores = np.concatenate([
-            _top_scores(W.T if sg > 0 else -W.T, a, b, bool(spatial.nonnegative), n_rows)
-            for sg in ((1.0,) if temporal.nonnegative else (1.0, -1.0))])
+        nonneg = bool(spatial.nonnegative)
+        parts = []
+        for sg in ((1.0,) if temporal.nonnegative else (1.0, -1.0)):
+            ss, mx = line_stats(sg, nonneg)[:2]
+            parts.append(_top_scores(W.T if sg > 0 else -W.T, a, b, nonneg, n_rows,
+                                     _cheap_bound(ss, mx, a, b)))
+        row_scores = np.concatenate(parts)
     row_scores = np.asarray(row_scores, dtype=np.float64)
     for k in np.argsort(-row_scores)[:n_rows]:
         e = np.zeros(T)
@@ -461,7 +472,9 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
     # 3. pixels with the largest temporal dual norms: their temporal maximisers
     if col_scores is None:
         a, b, _ = _weights(temporal)
-        col_scores = _top_scores(W, a, b, bool(temporal.nonnegative), n_cols)
+        nonneg = bool(temporal.nonnegative)
+        ss, mx = line_stats(1.0, nonneg)[2:]
+        col_scores = _top_scores(W, a, b, nonneg, n_cols, _cheap_bound(ss, mx, a, b))
     col_scores = np.asarray(col_scores, dtype=np.float64)
     cols = np.argsort(-col_scores)[:n_cols]
     if cols.size:
@@ -474,23 +487,41 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
     return _alternate(W, temporal, spatial, Phi, max_iter=max_iter, tol=tol)
 
 
-def _top_scores(V, a, b, nonneg, n):
+def _line_stats(W, sign, nonneg):
+    """Sums of squares and maxima of ``v = (sign W)^+`` (``|W|`` if not ``nonneg``) along the
+    rows and the columns of W, in one numba pass over W as stored (float64 results):
+    ``(row_ss, row_max, col_ss, col_max)``."""
+    from ._kernels import line_pos_stats
+
+    W = np.ascontiguousarray(W)
+    T, P = W.shape
+    nb = min(8, max(T, 1))
+    rows_ss, rows_mx = np.empty(T), np.empty(T)
+    col_ss, col_mx = np.zeros((nb, P)), np.zeros((nb, P))
+    line_pos_stats(W, float(sign), bool(nonneg), rows_ss, rows_mx, col_ss, col_mx)
+    return rows_ss, rows_mx, col_ss.sum(axis=0), col_mx.max(axis=0)
+
+
+def _cheap_bound(ss, mx, a, b):
+    """``min(||v+|| / a, max v+ / b)`` from the lines' sums of squares and maxima: an upper
+    bound on the dual norm of ``a ||.||_2 + b ||.||_1`` (each term alone is a norm <= it)."""
+    ub = np.full(ss.shape, np.inf)
+    if a > 0:
+        ub = np.sqrt(ss) / a
+    if b > 0:
+        ub = np.minimum(ub, mx / b)
+    return ub
+
+
+def _top_scores(V, a, b, nonneg, n, ub):
     """Scores of the columns of V for picking ``n`` starts: the exact no-TV dual norms of the
-    ``8 n + 16`` columns with the largest cheap upper bound ``min(||v+|| / a, max v+ / b)``,
-    and that bound times -1 elsewhere (ranked after them). Starts are heuristics; this saves
-    an exact dual norm of every row or pixel."""
+    ``8 n + 16`` columns with the largest cheap upper bound ``ub`` (:func:`_cheap_bound`), and
+    that bound times -1 elsewhere (ranked after them). Starts are heuristics; this saves an
+    exact dual norm of every row or pixel."""
     m = V.shape[1]
     k = min(m, 8 * n + 16)
     if k >= m or n <= 0:
         return _scores_no_tv(V, a, b, nonneg) if n > 0 else np.zeros(m)
-    ub = np.full(m, np.inf)
-    for s in range(0, m, _ROW_BLOCK):
-        Vb = np.asarray(V[:, s:s + _ROW_BLOCK], dtype=np.float64)
-        Vp = np.maximum(Vb, 0) if nonneg else np.abs(Vb)
-        if a > 0:
-            ub[s:s + Vb.shape[1]] = np.sqrt(np.einsum("ij,ij->j", Vp, Vp)) / a
-        if b > 0:
-            ub[s:s + Vb.shape[1]] = np.minimum(ub[s:s + Vb.shape[1]], Vp.max(axis=0) / b)
     top = np.argpartition(-ub, k - 1)[:k]
     out = -ub
     out[top] = _scores_no_tv(np.asarray(V[:, top]), a, b, nonneg)
