@@ -372,18 +372,20 @@ def line_pos_stats(W, sign, nonneg, row_ss, row_max, col_ss, col_max):
         for i in range(s0, s1):
             acc = 0.0
             mx = 0.0
-            for j in range(P):
-                x = sign * np.float64(W[i, j])
-                if not nonneg:
-                    x = abs(x)
-                if x > 0.0:
-                    x2 = x * x
-                    acc += x2
-                    css[j] += x2
-                    if x > mx:
-                        mx = x
-                    if x > cmx[j]:
-                        cmx[j] = x
+            if nonneg:                   # branch-free inner loops (they vectorize)
+                for j in range(P):
+                    x = max(sign * np.float64(W[i, j]), 0.0)
+                    acc += x * x
+                    css[j] += x * x
+                    mx = max(mx, x)
+                    cmx[j] = max(cmx[j], x)
+            else:
+                for j in range(P):
+                    x = abs(np.float64(W[i, j]))
+                    acc += x * x
+                    css[j] += x * x
+                    mx = max(mx, x)
+                    cmx[j] = max(cmx[j], x)
             row_ss[i] = acc
             row_max[i] = mx
 
