@@ -395,6 +395,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     n_grow = 0
     bg = F if F.shape[1] else None
     last_search = None           # growth's search at the final (A, Z), when it found nothing to add
+    last_W = None                # and the residual correlation it searched (reused by certify)
     if certify and grow_rank:
         # METHOD 5.6: while the polar search finds an atom clearly above lam, append it with the
         # exact line-search step and resume the solver. Only the (cheap) lower-bound search runs
@@ -403,15 +404,17 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         from calseg.certify.gap import append_atom, improving_atom
 
         while n_grow < max_grow:
-            atom = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
-                                  spatial=spatial_norm, background=bg, effort=certificate_effort,
-                                  seed=int(seed) + n_grow, pre=pre)
+            atom, W_res = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
+                                     spatial=spatial_norm, background=bg,
+                                     effort=certificate_effort, seed=int(seed) + n_grow, pre=pre,
+                                     return_data=True)
             if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
-                last_search = atom
+                last_search, last_W = atom, W_res
                 break
             if np.count_nonzero(atom.psi >= 0.2 * np.max(np.abs(atom.psi))) < grow_min_support:
-                last_search = atom
+                last_search, last_W = atom, W_res
                 break
+            del W_res
             try:
                 A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)
             except InputError:  # the atom no longer decreases the objective
@@ -430,7 +433,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         certificate, _ = certify_fn(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                     spatial=spatial_norm, background=bg, tol=float(certificate_tol),
                                     effort=certificate_effort, seed=int(seed), pre=pre,
-                                    lower=last_search)
+                                    lower=last_search, data=last_W)
+        del last_W
 
     settings = {k: v for k, v in params.items() if k not in ("callback", "init", "background")}
     if not isinstance(operator, str):

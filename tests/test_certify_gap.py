@@ -324,3 +324,26 @@ def test_certificate_reuses_a_given_lower_search():
     for key in ("objective", "gap", "rho_up", "dual_value"):
         assert getattr(given, key) == pytest.approx(getattr(own, key), rel=1e-12), key
     assert best is not None and best.rho == pytest.approx(given.rho_low)
+
+
+def test_certificate_reuses_the_searched_residual_correlation():
+    """``data=``: the W growth's last search returned is the certificate's W at that point
+    (nothing recomputed, same certificate); a W of the wrong shape is ignored."""
+    from calseg.certify.gap import improving_atom
+    from calseg.model.objective import precompute
+
+    Y, op, F, A, Z, kw = _one_blob_fit(True, effort="low")
+    pre = precompute(Y, op, F)
+    atom, W = improving_atom(Y, op, A, Z, pre=pre, return_data=True, **kw)
+    assert improving_atom(Y, op, A, Z, pre=pre, **kw).rho == atom.rho
+    W_before = W.copy()
+    own, _ = certify(Y, op, A, Z, pre=pre, lower=atom, **kw)
+    given, _ = certify(Y, op, A, Z, pre=pre, lower=atom, data=W, **kw)
+    np.testing.assert_array_equal(W, W_before)                # not modified
+    for key in ("objective", "gap", "rho_up", "rho_low", "dual_value"):
+        assert getattr(given, key) == getattr(own, key), key
+    # a residual correlation that is not this one would change the bounds: it is used as given
+    shifted, _ = certify(Y, op, A, Z, pre=pre, lower=atom, data=2 * W, **kw)
+    assert shifted.rho_up > own.rho_up
+    wrong, _ = certify(Y, op, A, Z, pre=pre, lower=atom, data=W[:-1], **kw)
+    assert wrong.rho_up == own.rho_up

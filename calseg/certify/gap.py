@@ -158,7 +158,7 @@ def _residual(Y, op, A, Z, Q):
 
 
 def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, effort="normal",
-            seed=0, pre=None, lower=None):
+            seed=0, pre=None, lower=None, data=None):
     """Certificate of global (sub)optimality of ``(A, Z)`` and the best improving atom found.
 
     Parameters
@@ -194,6 +194,10 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         The result of :func:`improving_atom` at this same (A, Z) (e.g. rank growth's last
         search, which found nothing worth adding): its pair is the lower bound's search, which
         is then not repeated.
+    data : ndarray of shape (T, P) or None, keyword-only
+        ``W = D^T R`` at this same (A, Z) (from ``improving_atom(..., return_data=True)``,
+        which needs ``pre``): used instead of recomputing it (a copy of ``D^T Y`` and a
+        product). Ignored without ``pre``.
 
     Returns
     -------
@@ -218,7 +222,10 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     lam = float(lam)
     if pre is not None:
         rr, inner = _residual_terms_pre(pre, op, A, Z, Q)
-        W = _polar_data_pre(pre, op, A, Z, Q)
+        if data is not None and data.shape == pre.DtY.shape:
+            W = data
+        else:
+            W = _polar_data_pre(pre, op, A, Z, Q)
     else:
         R, DA = _residual(Y, op, A, Z, Q)
         rr = _sumsq(R)
@@ -323,13 +330,14 @@ def _polar_data_pre(pre, op, A, Z, Q):
 
 
 def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effort="low", seed=0,
-                   pre=None):
+                   pre=None, return_data=False):
     """The best atom the polar lower-bound search finds at (A, Z), without the upper bounds.
 
     Cheaper than :func:`certify` (no upper bounds, no gap): what rank growth needs between
     solver runs. Returns None when the search finds no pair with a positive value. ``pre``
     (the solver's :class:`~calseg.model.objective.Precomputed` for the same Y, operator and
-    background) saves a pass over Y.
+    background) saves a pass over Y. ``return_data``: return ``(atom, W)`` with the residual
+    correlation ``W = D^T R`` searched, for :func:`certify` at the same (A, Z) (``data=``).
     """
     n_starts, max_iter = _effort(effort)[:2]
     Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
@@ -344,9 +352,9 @@ def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effo
     _check_norms(W, temporal, spatial)
     rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed,
                                 svd_start=effort != "low")
-    if rho <= 0:
-        return None
-    return Atom(phi=np.asarray(phi, dtype=np.float64), psi=np.asarray(psi, dtype=np.float64), rho=float(rho))
+    atom = None if rho <= 0 else Atom(phi=np.asarray(phi, dtype=np.float64),
+                                      psi=np.asarray(psi, dtype=np.float64), rho=float(rho))
+    return (atom, W) if return_data else atom
 
 
 def append_atom(Y, op, A, Z, atom, *, lam, background=None):
