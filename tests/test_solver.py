@@ -261,3 +261,39 @@ def test_dim_column_converges_with_the_bright_one():
     for i in range(2):
         z = res.Z[:, i] / np.linalg.norm(res.Z[:, i])
         assert z @ (Zt[:, i] / 2.0) > 0.999
+
+
+def test_windowed_prox_equals_whole_image_prox_away_from_the_window_edge():
+    # Columns whose supports are small disks: the prox computed on each support's window (plus
+    # margin) equals the whole-image prox inside the window when the input is zero outside it,
+    # and is zero outside the window; a column without a window is the whole-image prox.
+    # Two disks of the same size share one call (same window shape).
+    from calseg.prox.composite import CompositeNorm
+    from calseg.solver.bcd import _WINDOW_MARGIN as m, _WindowedProx, _support_windows
+
+    h, w = 30, 32
+    yy, xx = np.mgrid[0:h, 0:w]
+    disks = [(((yy - cy) ** 2 + (xx - cx) ** 2) <= 16).ravel() for cy, cx in ((10, 12), (20, 22))]
+    support = np.column_stack([disks[0], np.ones(h * w, bool), disks[1]])
+    wins = _support_windows(support, (h, w))
+    assert wins == [(6 - m, 15 + m, 8 - m, 17 + m), None, (16 - m, 25 + m, 18 - m, 27 + m)]
+    wp = _WindowedProx(CompositeNorm(1.0, 0.5, 0.3, nonnegative=True, image_shape=(h, w)), wins)
+    assert wp.groups == {(9 + 2 * m, 9 + 2 * m): [0, 2], None: [1]}
+    rng = np.random.default_rng(0)
+    V = rng.standard_normal((h * w, 3)) + 1.0
+    V[~disks[0], 0] = 0.0
+    V[~disks[1], 2] = 0.0
+    norm = CompositeNorm(1.0, 0.5, 0.3, nonnegative=True, image_shape=(h, w), tv_tol=1e-8)
+    step = np.array([0.7, 0.4, 0.5])
+    wp = _WindowedProx(norm, wins)
+    got, warm = wp.prox(V, step)
+    ref, _ = norm.prox(V, step)
+    np.testing.assert_allclose(got[:, 1], ref[:, 1], atol=1e-6)
+    for col, (y0, y1, x0, x1) in ((0, wins[0]), (2, wins[2])):
+        inside = np.zeros((h, w), bool)
+        inside[y0:y1, x0:x1] = True
+        np.testing.assert_allclose(got[inside.ravel(), col], ref[inside.ravel(), col], atol=1e-5)
+        assert not got[~inside.ravel(), col].any()
+    # the warm starts (one per window shape) are accepted on the next call
+    again, _ = wp.prox(V, step, warm=warm)
+    np.testing.assert_allclose(again, got, atol=1e-5)
