@@ -405,9 +405,9 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
 
         while n_grow < max_grow:
             atom, W_res = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
-                                     spatial=spatial_norm, background=bg,
-                                     effort=certificate_effort, seed=int(seed) + n_grow, pre=pre,
-                                     return_data=True)
+                                         spatial=spatial_norm, background=bg,
+                                         effort=certificate_effort, seed=int(seed) + n_grow,
+                                         pre=pre, return_data=True)
             if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
                 last_search, last_W = atom, W_res
                 break
