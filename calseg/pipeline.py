@@ -117,7 +117,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
     -------
     Result
     """
-    from ._alloc import keep_freed_memory
+    from ._alloc import keep_freed_memory, release_free_memory
     from .memory import format_bytes
     from .merge import merge_components
     from .patches import plan_tiles, run_tiles
@@ -221,6 +221,7 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
              format_bytes(plan.peak))
     if plan.changes:
         log.info("to fit max_memory %s: %s", settings.max_memory or "(free memory)", "; ".join(plan.changes))
+    release_free_memory()       # the summary's batches: not held while the workers run
     t0 = time.perf_counter()
     fn = functools.partial(process_tile, movie=movie, ctx=ctx)
     tile_results = run_tiles(fn, tiles, workers=workers, scheduler=settings.scheduler,
