@@ -356,3 +356,28 @@ def test_keep_freed_memory_reuses_large_blocks():
         return int(out.split()[-1])
 
     assert faults("tuned") < 1_000
+
+
+_RELEASE_SCRIPT = """
+import numpy as np
+from calseg._alloc import keep_freed_memory, release_free_memory
+def rss_mb():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096 / 2 ** 20
+keep_freed_memory()
+base = rss_mb()
+a = np.ones(50_000_000, dtype=np.float32)       # 200 MB, freed but kept
+del a
+kept = rss_mb() - base
+release_free_memory()
+print(kept, rss_mb() - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_free_memory_hands_kept_blocks_back():
+    out = subprocess.run([sys.executable, "-c", _RELEASE_SCRIPT], check=True,
+                         capture_output=True, text=True).stdout.split()
+    kept, after = float(out[0]), float(out[1])
+    assert kept > 150          # the tuned allocator keeps the freed 200 MB resident
+    assert after < 50          # until it is released
