@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .._jit import njit, prange
-from ..prox._dual_kernels import _extrapolate, _fista_step, _momentum
+from ..prox._dual_kernels import _extrapolate, _fista_step, _momentum, tv_image
 
 
 @njit
@@ -52,24 +52,6 @@ def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
     bisects each image itself with :func:`_bisect_scalar`)."""
     for j in range(VT.shape[0]):
         _bisect_column(VT[j], DT[j], r, lft, j, a, b, nonneg, tol, stop, prune, good)
-
-
-@njit
-def _tv_column(x, H, W, eight):
-    """Grid TV ``sum |x_a - x_b|`` of an image ``x`` (n,) in C order."""
-    s = 0.0
-    for i in range(H):
-        for k in range(W - 1):
-            s += abs(x[i * W + k] - x[i * W + k + 1])
-    for i in range(H - 1):
-        for k in range(W):
-            s += abs(x[i * W + k] - x[(i + 1) * W + k])
-    if eight:
-        for i in range(H - 1):
-            for k in range(W - 1):
-                s += abs(x[i * W + k] - x[(i + 1) * W + k + 1])
-                s += abs(x[i * W + k + 1] - x[(i + 1) * W + k])
-    return s
 
 
 
@@ -218,7 +200,7 @@ def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, flo
             s2 += xi * xi
             s1 += abs(xi)
             vx += v[i] * xi
-        hx = a * math.sqrt(s2) + b * s1 + c * _tv_column(xs, H, W, eight)
+        hx = a * math.sqrt(s2) + b * s1 + c * tv_image(xs, H, W, eight)
         val = vx / hx if hx > 0.0 else 0.0
         if val > lc:
             lc = val

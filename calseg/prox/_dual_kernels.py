@@ -340,22 +340,27 @@ def tv_prox_fista_columns_serial(V, Q, c, s, thresh0, L_inv, rounding, max_iter,
 
 
 @njit
-def tv_rows(XT, H, W, eight, out):
-    """``out[k]`` = anisotropic grid TV of image ``XT[k]`` (H * W pixels, C order), float64
+def tv_image(x, H, W, eight):
+    """Anisotropic grid TV ``sum |x_a - x_b|`` of an image ``x`` (H * W,) in C order, float64
     (numpy reference: the difference-matrix test of :func:`calseg.prox.norms.tv_value`)."""
+    s = 0.0
+    for i in range(H):
+        r0 = i * W
+        for j in range(W - 1):
+            s += abs(x[r0 + j + 1] - x[r0 + j])
+        if i + 1 < H:
+            r1 = r0 + W
+            for j in range(W):
+                s += abs(x[r1 + j] - x[r0 + j])
+            if eight:
+                for j in range(W - 1):
+                    s += abs(x[r1 + j + 1] - x[r0 + j])
+                    s += abs(x[r1 + j] - x[r0 + j + 1])
+    return s
+
+
+@njit
+def tv_rows(XT, H, W, eight, out):
+    """``out[k]`` = :func:`tv_image` of image ``XT[k]``."""
     for k in range(XT.shape[0]):
-        x = XT[k]
-        s = 0.0
-        for i in range(H):
-            r0 = i * W
-            for j in range(W - 1):
-                s += abs(x[r0 + j + 1] - x[r0 + j])
-            if i + 1 < H:
-                r1 = r0 + W
-                for j in range(W):
-                    s += abs(x[r1 + j] - x[r0 + j])
-                if eight:
-                    for j in range(W - 1):
-                        s += abs(x[r1 + j + 1] - x[r0 + j])
-                        s += abs(x[r1 + j] - x[r0 + j + 1])
-        out[k] = s
+        out[k] = tv_image(XT[k], H, W, eight)
