@@ -29,4 +29,20 @@ def njit(*args, parallel=False, **kwargs):
     return numba.njit(*args, **kwargs)
 
 
+def helper(fn=None, **kwargs):
+    """:func:`njit` for a function that other kernels call: numba inlines its body into each
+    caller (``inline="always"``, at numba's IR level), so every kernel is one self-contained
+    machine-code function.
+
+    Without it, the caller's module links a copy of the callee, which LLVM optimises again, and
+    with ``reassoc`` that copy can sum in a different order from the callee's own compiled
+    code. Both copies define the same symbol, and a call binds to whichever was loaded first,
+    so the result depended on the process's history: compiled now or loaded from the cache,
+    helper called on its own before or not. A tile run in a worker then differed in its last
+    bits from the same tile run in the main process. Callers from Python are unaffected.
+    """
+    kwargs["inline"] = "always"
+    return njit(**kwargs) if fn is None else njit(fn, **kwargs)
+
+
 prange = numba.prange

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import njit, prange
+from ._jit import helper, njit, prange
 
 
-@njit
+@helper
 def _median_bisect(a, n, iters):
     """Lower median of ``a[:n]`` (the ``(n - 1) // 2``-th smallest value) to
     ``(max - min) / 2**iters``, by bisection on the value.

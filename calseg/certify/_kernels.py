@@ -12,11 +12,11 @@ import math
 
 import numpy as np
 
-from .._jit import njit, prange
+from .._jit import helper, njit, prange
 from ..prox._dual_kernels import _extrapolate, _fista_step, _momentum, tv_image
 
 
-@njit
+@helper
 def _fq(v, d, mu, a, b, nonneg):
     s = 0.0
     thr = mu * b
@@ -33,7 +33,7 @@ def _fq(v, d, mu, a, b, nonneg):
     return math.sqrt(s) - a * mu
 
 
-@njit
+@helper
 def _bisect_column(v, d, r, lft, j, a, b, nonneg, tol, stop, prune, good):
     good[j] = _fq(v, d, r[j], a, b, nonneg) <= 0.0
     if not good[j]:
@@ -61,7 +61,7 @@ def bisect_fq_serial(VT, DT, r, lft, a, b, nonneg, tol, stop, prune, good):
 # between layouts every round (numpy twin: ``calseg.certify.dualnorm._dual_tv_cert_numpy``)
 
 
-@njit
+@helper
 def _box_down(scale, buf):
     """``scale`` rounded down to ``buf``'s dtype, so that clipping to it keeps ``|p| <= scale``."""
     buf[0] = scale
@@ -71,7 +71,7 @@ def _box_down(scale, buf):
     return s
 
 
-@njit
+@helper
 def _gtp_padded(P, H, W, g):
     """``g = G^T p`` (float64, C order) for a padded dual ``P`` (K, H + 1, W + 1)."""
     K = P.shape[0]
@@ -85,7 +85,7 @@ def _gtp_padded(P, H, W, g):
             g[i * W + j] = s
 
 
-@njit
+@helper
 def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
     """Narrow ``[lft, r]`` around the smallest root of ``F`` (see :func:`bisect_fq_serial`):
     ``(good, r, lft)``. With ``prune`` and ``lft < stop < r``, ``F(stop) <= 0`` ends it at
@@ -110,7 +110,7 @@ def _bisect_scalar(v, d, r, lft, a, b, nonneg, tol, stop, prune):
     return True, r, lft
 
 
-@njit
+@helper
 def _cert_column(VT, col, lo, hi, XT, rounds, H, W, K, a, b, c, nonneg, tol, floor, cap, prune,
                  max_iter, inner0, L_inv, proto, P, old, at_stop):
     """All bracket rounds of image ``VT[col]`` (see :func:`cert_columns`), starting from the TV
@@ -372,7 +372,7 @@ def line_pos_stats(W, sign, nonneg, row_ss, row_max, col_ss, col_max):
             row_max[i] = mx
 
 
-@njit
+@helper
 def _entry(W, k, j, sign, nonneg):
     x = sign * float(W[k, j])
     return x if nonneg else abs(x)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._jit import njit, prange
+from .._jit import helper, njit, prange
 
 BAND = 256
 
 
-@njit
+@helper
 def _ar_band(X, a1, a2, scale, adjoint, out, c0, c1):
     T = X.shape[0]
     n = c1 - c0

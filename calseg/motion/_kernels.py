@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from .._jit import njit, prange
+from .._jit import helper, njit, prange
 
 
-@njit
+@helper
 def _interp_axis(c, n):
     """Clamp a source coordinate to ``[0, n - 1]``: the two neighbouring indices and the weight
     of the second (``mode="nearest"``)."""

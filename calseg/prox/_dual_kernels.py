@@ -30,19 +30,15 @@ along the last axis; numpy twin ``calseg.certify.dualnorm._tv_dual_fista_numpy``
 gap; numpy twin ``tests/reference.py:tv_dual_fista_twin``). Kernels write into preallocated
 outputs; every output of the dual is a clip to ``[-s, s]``, so it is feasible exactly.
 """
-import functools
-
 import numpy as np
 
-from calseg._jit import FASTMATH, njit as _calseg_njit, prange
-
-njit = functools.partial(_calseg_njit, fastmath=set(FASTMATH))
+from calseg._jit import helper, njit, prange
 
 
 # ------------------------------------------------------------------------------------------
 # one FISTA step
 
-@njit
+@helper
 def _gt_residual(v, Z, x, K):
     """``x = v - G^T z`` for the padded family buffers ``Z`` (K, H + 1, W + 1)."""
     H, W = v.shape
@@ -59,7 +55,7 @@ def _gt_residual(v, Z, x, K):
                            - Z[1, i + 1, j + 1] + Z[1, i, j + 1])
 
 
-@njit
+@helper
 def _project_family(x, Z, P, k, s, L_inv):
     """Projected gradient step of family ``k``; returns its restart inner product (float64).
 
@@ -89,7 +85,7 @@ def _project_family(x, Z, P, k, s, L_inv):
     return ip
 
 
-@njit
+@helper
 def _fista_step(v, Z, P, x, s, L_inv, K):
     """One projected gradient step from the extrapolated point ``Z``; returns the restart
     inner product. On return ``P`` holds the new iterate and ``Z`` the step ``pn - p``."""
@@ -100,7 +96,7 @@ def _fista_step(v, Z, P, x, s, L_inv, K):
     return ip
 
 
-@njit
+@helper
 def _extrapolate(Z, P, b):
     """``Z = P + b Z`` (``pn + beta (pn - p)``) over the whole buffers; padding stays 0."""
     Zf = Z.reshape(-1)
@@ -109,7 +105,7 @@ def _extrapolate(Z, P, b):
         Zf[q] = Pf[q] + b * Zf[q]
 
 
-@njit
+@helper
 def _primal_row(v, P, X, i, K):
     """Row i of the primal point ``X = v - G^T P`` in float64 (the certified iterate)."""
     W = v.shape[1]
@@ -122,7 +118,7 @@ def _primal_row(v, P, X, i, K):
         X[i, j] = v[i, j] + a
 
 
-@njit
+@helper
 def _gap_row(X, P, c, i, K, out):
     """Prox-gap terms of the edges owned by row i: ``out = (sum c|dx| - p dx, sum c|dx|)``."""
     H, W = X.shape
@@ -150,7 +146,7 @@ def _gap_row(X, P, c, i, K, out):
     out[1] = a
 
 
-@njit
+@helper
 def _clip_dual(P, s):
     H1, W1 = P.shape[1], P.shape[2]
     for k in range(P.shape[0]):
@@ -159,7 +155,7 @@ def _clip_dual(P, s):
                 P[k, i, j] = min(max(P[k, i, j], -s), s)
 
 
-@njit
+@helper
 def _next_check(it, gap, thr, check_min, check_max):
     """Iterations until the next gap check: half the distance to the target under a
     ``sqrt(gap) ~ 1/k`` model (certified error of FISTA decays at least that fast here)."""
@@ -170,7 +166,7 @@ def _next_check(it, gap, thr, check_min, check_max):
     return min(max(step, check_min), check_max)
 
 
-@njit
+@helper
 def _momentum(ip, t, beta_buf):
     """FISTA momentum with O'Donoghue-Candes gradient restart; returns the new t."""
     t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
@@ -185,7 +181,7 @@ def _momentum(ip, t, beta_buf):
 # the certificate: a fixed number of steps, images along the last axis
 
 
-@njit
+@helper
 def _dual_fista_column(V, Pin, Pout, c, sc, n_iter, L_inv):
     """All ``n_iter`` steps of image ``c`` of ``V`` (H, W, m) in thread-local buffers."""
     H, W = V.shape[0], V.shape[1]
@@ -245,7 +241,7 @@ def tv_dual_fista_columns_serial(V, Pin, Pout, sc, n_iter, L_inv):
 # prox_tv2d(method="fista_nb"): steps until a certified duality gap
 
 
-@njit
+@helper
 def _prox_image(v, P, c, s, thresh0, L_inv, rounding, max_iter, check_min, check_max, stall, X, stats):
     """Solve one image serially (see :func:`tv_prox_fista_columns`)."""
     H, W = v.shape
@@ -339,7 +335,7 @@ def tv_prox_fista_columns_serial(V, Q, c, s, thresh0, L_inv, rounding, max_iter,
 # the TV value of images
 
 
-@njit
+@helper
 def tv_image(x, H, W, eight):
     """Anisotropic grid TV ``sum |x_a - x_b|`` of an image ``x`` (H * W,) in C order, float64
     (numpy reference: the difference-matrix test of :func:`calseg.prox.norms.tv_value`)."""

@@ -7,17 +7,12 @@ index, a stride and a length (rows: stride 1; columns: stride W; diagonals: W + 
 W - 1). The edges of a chain join consecutive pixels. A "family" is a set of disjoint chains
 (all rows, all columns, ...); the anisotropic grid TV is the sum of its families' chain TVs.
 """
-import functools
-
 import numpy as np
 
-from calseg._jit import FASTMATH, njit as _calseg_njit, prange
-
-# numba rejects a frozenset for ``fastmath``; pass calseg's flag set as a plain set.
-njit = functools.partial(_calseg_njit, fastmath=set(FASTMATH))
+from calseg._jit import helper, njit, prange
 
 
-@njit
+@helper
 def tv1d_condat(y, lam, x):
     """Exact prox of ``lam * sum_k |x_{k+1} - x_k|`` at ``y`` (Condat 2013), written into ``x``.
 
@@ -132,7 +127,7 @@ def tv1d_rows(Y, lam, X):
         tv1d_condat(Y[i], lam[i], X[i])
 
 
-@njit
+@helper
 def _mean_item(Y, D, X, j):
     k = D.shape[0]
     inv = 1.0 / k
@@ -159,7 +154,7 @@ def dykstra_mean_serial(Y, D, X):
         _mean_item(Y, D, X, j)
 
 
-@njit
+@helper
 def _family_prox_item(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf, t, ngr, maxlen):
     nch = starts.shape[0]
     j = t // ngr
@@ -255,7 +250,7 @@ def family_prox_serial(X, Df, Dold, c, beta, k, starts, lengths, stride, group, 
         _family_prox_item(X, Df, Dold, c, beta, k, starts, lengths, stride, group, dotbuf, t, ngr, maxlen)
 
 
-@njit
+@helper
 def _family_gap_item(X, Df, c, k, starts, lengths, stride, gapbuf, tvbuf, t, nch):
     j = t // nch
     ch = t - j * nch
