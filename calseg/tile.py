@@ -142,7 +142,21 @@ def read_tile(movie, tile: Tile, noise: np.ndarray):
 
 
 def process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
-    """Factorize one tile of ``movie`` (see module docstring)."""
+    """Factorize one tile of ``movie`` (see module docstring), with BLAS on one thread.
+
+    A BLAS on several threads splits some products and norms (``gemv`` on short, wide
+    matrices; dot products past ~10^4 terms) into per-thread partial sums, so their last bits
+    depend on the thread count: 2 in a serial run on two cores, 1 in a pool worker (calseg sets
+    it) or a Dask worker (Dask sets it). One thread everywhere makes a tile's result the same
+    whichever way it runs; the parallelism is across tiles.
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _process_tile(tile, movie=movie, ctx=ctx)
+
+
+def _process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     from ._alloc import keep_freed_memory
     from .factorize import factorize
     from .seeds import init_factors, seed_support
