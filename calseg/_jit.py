@@ -1,8 +1,9 @@
 """The one place numba is configured.
 
-Kernels live in ``_kernels.py`` modules and are decorated with :func:`njit` from here, so
-every kernel is cached on disk (a second run does not recompile) and uses the same
-floating-point flags. ``fastmath`` keeps IEEE NaN/inf semantics (no ``nnan``/``ninf``).
+Kernels live in ``_kernels.py`` modules and are decorated with :func:`njit` from here (with
+:func:`helper` when other kernels call them), so every kernel is cached on disk (a second run
+does not recompile), uses the same floating-point flags and gives the same bits in every
+process. ``fastmath`` keeps IEEE NaN/inf semantics (no ``nnan``/``ninf``).
 Importing this module imports numba; the CLI must never import it at load time.
 """
 import os
