@@ -405,7 +405,7 @@ _RUN_OPTIONS = [
     ("--rise", "rise", dict(type=float, help="Calcium rise time in seconds (default: indicator, else none).")),
     ("--lam", "lam", dict(type=float, help="Regularisation λ in noise SDs (default: automatic).")),
     ("--lam-scale", "lam_scale", dict(type=float, help="Multiply the automatic λ (lower finds dimmer cells).")),
-    ("--tile-size", "tile_size", dict(type=int, help="Tile side in pixels (default: 6 cell diameters).")),
+    ("--tile-size", "tile_size", dict(type=int, help="Tile side in pixels (default: about 9 cell diameters, fitted to the field of view).")),
     ("--tile-overlap", "tile_overlap", dict(type=int, help="Tile overlap in pixels (default: 1.5 diameters).")),
     ("--workers", "workers", dict(type=int, help="Worker processes for tiles (default: all cores, fewer if free memory is short).")),
     ("--scheduler", "scheduler", dict(type=str, metavar="ADDRESS", help="Run the tiles on this dask.distributed scheduler, e.g. tcp://host:8786 (needs calseg[dask]; workers must see the input files at the same paths).")),

@@ -10,8 +10,8 @@ it lowers, in this order, until the estimated peak fits:
    time), from 500 down to 32 — the summary images change very slightly with it, so run.json
    records it;
 2. the number of worker processes, down to 1;
-3. the tile side, from its default (6 cell diameters) down to the overlap plus one diameter,
-   unless ``tile_size`` was set;
+3. the tile side, from its default (``calseg.patches.TILE_DIAMETERS`` cell diameters, fitted to
+   the field of view) down to the overlap plus one diameter, unless ``tile_size`` was set;
 
 and raises :class:`~calseg.errors.ConfigError` (one line naming the file and what it would
 need) when even the smallest configuration does not fit. With a Dask ``scheduler`` the tiles run
@@ -183,7 +183,7 @@ def plan_run(shape, *, settings, diameter: float, name: str = "recording", cpu_c
     """
     from .config import parse_bytes
     from .errors import ConfigError
-    from .patches import default_tile_geometry, plan_tiles
+    from .patches import default_tile_geometry, fitted_tile_size, plan_tiles
 
     T, H, W = (int(n) for n in shape)
     size0, overlap0 = default_tile_geometry(diameter, H, W)
@@ -238,7 +238,11 @@ def plan_run(shape, *, settings, diameter: float, name: str = "recording", cpu_c
 
     # 1. batches, 2. workers, 3. tile size: the first configuration that fits
     min_size = max(overlap + int(math.ceil(diameter)), 24)
-    sizes = [size0] if tile_fixed or size0 <= min_size else list(range(size0, min_size, -4)) + [min_size]
+    if tile_fixed or size0 <= min_size:
+        sizes = [size0]
+    else:  # smaller tiles, each fitted to the field of view (as few pixels done twice as may be)
+        fitted = (fitted_tile_size(max(H, W), s, overlap) for s in range(size0, min_size, -4))
+        sizes = sorted({s for s in fitted if s >= min_size} | {min_size}, reverse=True)
     for size in sizes:
         for workers in range(workers0, 0, -1):
             for batch in BATCHES:

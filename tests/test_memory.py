@@ -32,17 +32,17 @@ def _settings(**kw):
 def test_no_budget_keeps_the_defaults():
     plan = plan_run((1000, 256, 256), settings=_settings(), diameter=12.0, cpu_count=2, available=BIG)
     assert (plan.summary_batch, plan.motion_batch) == (500, 200)
-    assert (plan.tile_size, plan.tile_overlap) == (72, 20) and plan.workers == 2
+    assert (plan.tile_size, plan.tile_overlap) == (99, 20) and plan.workers == 2
     assert plan.changes == () and plan.budget is None
-    assert plan.peak == estimate_peak((1000, 256, 256), tile_shape=(72, 72), workers=2)["peak"]
+    assert plan.peak == estimate_peak((1000, 256, 256), tile_shape=(99, 99), workers=2)["peak"]
 
 
 def test_no_budget_lowers_only_the_worker_count_to_the_free_memory():
-    one = estimate_peak((20000, 512, 512), tile_shape=(72, 72), workers=1)["peak"]
+    one = estimate_peak((20000, 512, 512), tile_shape=(102, 102), workers=1)["peak"]
     plan = plan_run((20000, 512, 512), settings=_settings(), diameter=12.0, cpu_count=8,
                     available=int(1.5 * one))
     assert plan.workers < 8 and plan.peak <= 0.9 * 1.5 * one
-    assert (plan.summary_batch, plan.tile_size) == (500, 72)  # results unchanged
+    assert (plan.summary_batch, plan.tile_size) == (500, 102)  # results unchanged
     assert "workers 8 ->" in plan.changes[0]
     # an explicit worker count is obeyed
     plan = plan_run((20000, 512, 512), settings=_settings(workers=8), diameter=12.0, cpu_count=8,
@@ -54,21 +54,21 @@ def test_a_budget_lowers_batches_then_workers_then_the_tile_size():
     shape = (20000, 512, 512)
     kw = dict(diameter=12.0, cpu_count=2, available=BIG)
     default = plan_run(shape, settings=_settings(), **kw)
-    assert default.workers == 2 and default.tile_size == 72
+    assert default.workers == 2 and default.tile_size == 102
     budgets = sorted({int(f * default.peak) for f in (1.2, 0.9, 0.6, 0.4, 0.3)}, reverse=True)
     plans = [plan_run(shape, settings=_settings(max_memory=str(b)), **kw) for b in budgets]
     for b, plan in zip(budgets, plans):
         assert plan.peak <= b, (b, plan)
         # what was changed, in priority order: a smaller tile only with one worker and a batch
         # no larger than needed
-        if plan.tile_size < 72:
+        if plan.tile_size < 102:
             assert plan.workers == 1
         if plan.workers < 2:
             assert any(c.startswith("workers") for c in plan.changes)
     keys = [(p.tile_size, p.workers, p.summary_batch) for p in plans]
     assert keys == sorted(keys, reverse=True)  # tighter budgets never give more
     assert plans[0].changes == ()
-    assert plans[-1].tile_size < 72 and plans[-1].workers == 1
+    assert plans[-1].tile_size < 102 and plans[-1].workers == 1
     # the smallest tile still holds its overlap plus a cell
     assert all(p.tile_size >= p.tile_overlap + 12 for p in plans)
 
@@ -225,7 +225,7 @@ def test_run_under_a_budget_stays_in_it_and_a_too_small_one_is_refused(tmp_path)
     code, rss, err = _run_measured(["run", movie, "-o", tmp_path / "out", "--max-memory", "450MB", *fast])
     assert code == 0, err
     assert rss < 450e6, (rss / 1e6, err)
-    assert "to fit max_memory 450MB: tile size 64 -> 52 px" in err
+    assert "to fit max_memory 450MB: tile size 64 -> 42 px" in err   # 2 x 2 tiles, fitted
 
     res = CliRunner().invoke(main, ["run", str(movie), "-o", str(tmp_path / "o2"), "--max-memory", "200MB",
                                     *fast])

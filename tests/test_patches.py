@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from calseg.patches import default_tile_geometry, plan_tiles, run_tiles
+from calseg.patches import default_tile_geometry, fitted_tile_size, plan_tiles, run_tiles
 
 
 @pytest.mark.parametrize("H,W,size,overlap", [(100, 100, 40, 10), (64, 200, 64, 16), (30, 17, 40, 10),
@@ -44,6 +44,22 @@ def test_default_geometry_scales_with_diameter():
     s1, o1 = default_tile_geometry(6, 512, 512)
     s2, o2 = default_tile_geometry(12, 512, 512)
     assert s2 > s1 and o2 > o1 and o2 >= 12 * 1.5
+
+
+@pytest.mark.parametrize("n, size, overlap", [(512, 108, 20), (512, 72, 20), (256, 108, 20),
+                                              (796, 100, 14), (300, 290, 20), (100, 200, 20)])
+def test_fitted_tile_size_needs_no_more_tiles_and_overlaps_by_exactly_the_overlap(n, size, overlap):
+    fitted = fitted_tile_size(n, size, overlap)
+    assert fitted <= min(size, n)
+    if size >= n:
+        assert fitted == n
+        return
+    starts = [t.x0 for t in plan_tiles(1, n, fitted, overlap)]
+    assert len(starts) == len([t.x0 for t in plan_tiles(1, n, size, overlap)])
+    gaps = [fitted - (b - a) for a, b in zip(starts, starts[1:])]   # overlaps between windows
+    assert min(gaps) >= overlap and max(gaps) <= overlap + 1       # no more shared than needed
+    # and one pixel less would need another tile
+    assert len(plan_tiles(1, n, fitted - 1, overlap)) > len(starts)
 
 
 def _square(t):
