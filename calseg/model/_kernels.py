@@ -60,3 +60,31 @@ def ar_filter(X, a1, a2, scale, adjoint, out):
     for b in prange(nb):
         c0 = b * BAND
         _ar_band(X, a1, a2, scale, adjoint, out, c0, min(c0 + BAND, m))
+
+
+@njit
+def project_off(Y, Fd, C, F, Yp, yy, YpF):
+    """``Yp = Y - Fd @ C`` with ``yy += sum over frames of Yp**2`` (per column, float64) and
+    ``YpF += F^T Yp`` (float64), in one pass over a (T, c) block.
+
+    Y, Yp : (T, c), the data's dtype; Fd : (T, k) F in that dtype; C : (k, c) ``Fd^T Y`` in it;
+    F : (T, k) float64; yy : (c,) float64; YpF : (k, c) float64 (accumulated into).
+    Each frame's row is projected, squared and correlated while it is in cache: numpy needed a
+    float64 copy of the block for ``F^T Yp`` and another pass for the squares.
+    """
+    T, c = Y.shape
+    k = Fd.shape[1]
+    for t in range(T):
+        for p in range(c):
+            Yp[t, p] = Y[t, p]
+        for j in range(k):
+            f = Fd[t, j]
+            for p in range(c):
+                Yp[t, p] -= f * C[j, p]
+        for p in range(c):
+            v = np.float64(Yp[t, p])
+            yy[p] += v * v
+        for j in range(k):
+            f = F[t, j]
+            for p in range(c):
+                YpF[j, p] += f * np.float64(Yp[t, p])
