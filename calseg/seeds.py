@@ -64,7 +64,8 @@ def seed_support(seeds, image_shape, radius) -> np.ndarray:
 
 
 def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray, diameter: float,
-                 gamma: float, col_norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 gamma: float, col_norms: np.ndarray, background: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Initial (A, Z) for the seeds of one tile.
 
     For each seed the trace of a small neighbourhood is deconvolved by the inverse AR(1) filter
@@ -85,6 +86,9 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
         Per-frame calcium decay factor.
     col_norms : ndarray of shape (T,)
         Column norms n_j of the undivided decay dictionary (D's columns are kernel / n_j).
+    background : ndarray of shape (T, k) with orthonormal columns, optional
+        Background atoms projected out of the traces used (the seed's trace and its disk's
+        pixels), as if from ``(I - F F^T) Yn`` without a projected copy of the whole tile.
 
     Returns
     -------
@@ -98,11 +102,14 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
     radius = max(diameter / 2.0, 1.5)
     disks = seed_support(seeds, (h, w), 1.5 * radius)
     cube = Yn.reshape(T, h, w)
+    Fb = np.asarray(background, np.float64) if background is not None and background.shape[1] else None
     for k, (r, c) in enumerate(seeds):
         rc, cc = min(max(r, 0), h - 1), min(max(c, 0), w - 1)
         r0, r1 = max(rc - 1, 0), min(rc + 2, h)
         c0, c1 = max(cc - 1, 0), min(cc + 2, w)
         y = cube[:, r0:r1, c0:c1].reshape(T, -1).mean(axis=1).astype(np.float64)
+        if Fb is not None:
+            y -= Fb @ (Fb.T @ y)
         y = y - np.median(y)
         innov = np.empty_like(y)
         innov[0] = y[0]
@@ -114,6 +121,8 @@ def init_factors(Yn: np.ndarray, image_shape: tuple[int, int], seeds: np.ndarray
         A[:, k] = a * col_norms
         idx = np.flatnonzero(disks[:, k])
         Ysub = Yn[:, idx].astype(np.float64)
+        if Fb is not None:
+            Ysub -= Fb @ (Fb.T @ Ysub)
         yc = y - y.mean()
         num = yc @ (Ysub - Ysub.mean(axis=0))
         den = np.sqrt((yc @ yc) * ((Ysub - Ysub.mean(axis=0)) ** 2).sum(axis=0)) + 1e-12

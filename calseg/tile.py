@@ -177,11 +177,8 @@ def _process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
               & (ctx.seeds[:, 1] >= tile.x0 - m) & (ctx.seeds[:, 1] < tile.x1 + m)) \
         if len(ctx.seeds) else np.zeros(0, bool)
     local = ctx.seeds[inside] - np.array([tile.y0, tile.x0]) if np.any(inside) else np.zeros((0, 2), int)
-    # the data with the background projected out, for the initial factors
-    F32 = F.astype(np.float32)
-    Yr = Yn - F32 @ (F32.T @ Yn) if F.shape[1] else Yn
-    A0, Z0 = init_factors(Yr, (h, w), local, ctx.diameter, op.gamma, op.col_norms)
-    del Yr
+    # initial factors from the data with the background projected out (of the traces they use)
+    A0, Z0 = init_factors(Yn, (h, w), local, ctx.diameter, op.gamma, op.col_norms, background=F)
     support = seed_support(local, (h, w), SEED_REACH * ctx.diameter)
     A0, Z0, kept = _rescale(Yn, op, F, A0, Z0)
     support = support[:, kept]

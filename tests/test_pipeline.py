@@ -149,3 +149,28 @@ def test_seed_just_outside_a_tile_starts_its_cut_cell_inside():
     z = Z[:, 0].reshape(h, w)
     assert z.max() > 0 and np.all(np.nonzero(z)[1] <= 6)          # on the left edge only
     assert np.corrcoef(A[:, 0], spikes)[0, 1] > 0.5
+
+
+def test_initial_factors_project_the_background_out_of_the_traces_they_use():
+    """init_factors(Y, background=F) starts from what it would start from on the whole tile
+    with the background projected out, (I - F F^T) Y, without that (T, P) copy."""
+    from calseg.model.background import fourier_background
+    from calseg.seeds import init_factors
+
+    rng = np.random.default_rng(4)
+    T, h, w = 400, 24, 24
+    F = fourier_background(T, 4)
+    trace = np.convolve((rng.random(T) < 0.04).astype(float), 0.9 ** np.arange(40))[:T]
+    yy, xx = np.mgrid[0:h, 0:w]
+    seeds = np.array([[8, 9], [16, 15]])
+    Y = rng.normal(size=(T, h * w)) + 4 * F @ rng.normal(size=(F.shape[1], h * w))   # strong drifts
+    for y0, x0 in seeds:
+        Y += 4 * trace[:, None] * np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / 8.0).ravel()
+        trace = np.roll(trace, 37)
+    args = ((h, w), seeds, 8.0, 0.9, np.linspace(1, 2, T))
+    A, Z = init_factors(Y, *args, background=F)
+    A_ref, Z_ref = init_factors(Y - F @ (F.T @ Y), *args)
+    np.testing.assert_allclose(A, A_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(Z, Z_ref, rtol=1e-9, atol=1e-9)
+    A_raw, _ = init_factors(Y, *args)                  # and the projection matters here
+    assert not np.allclose(A, A_raw)
