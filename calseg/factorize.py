@@ -318,7 +318,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                   tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin,
                   grow_min_rho=grow_min_rho, grow_min_support=grow_min_support)
     _validate(params)
-    Y = _as_data(Y)
+    Y = _as_data(Y)     # checked finite here, once (the certificate's steps do not repeat it)
     T, P = Y.shape
     try:
         H, W = (int(v) for v in image_shape)
@@ -407,7 +407,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
             atom, W_res = improving_atom(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                          spatial=spatial_norm, background=bg,
                                          effort=certificate_effort, seed=int(seed) + n_grow,
-                                         pre=pre, return_data=True)
+                                         pre=pre, return_data=True, check_finite=False)
             if atom is None or not atom.rho > max(lam * (1.0 + grow_margin), grow_min_rho):
                 last_search, last_W = atom, W_res
                 break
@@ -416,7 +416,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                 break
             del W_res
             try:
-                A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg)
+                A, Z = append_atom(Y, op, A, Z, atom, lam=float(lam), background=bg,
+                                   check_finite=False)
             except InputError:  # the atom no longer decreases the objective
                 break
             if support is not None:
@@ -433,7 +434,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
         certificate, _ = certify_fn(Y, op, A, Z, lam=float(lam), temporal=temporal_norm,
                                     spatial=spatial_norm, background=bg, tol=float(certificate_tol),
                                     effort=certificate_effort, seed=int(seed), pre=pre,
-                                    lower=last_search, data=last_W)
+                                    lower=last_search, data=last_W, check_finite=False)
         del last_W
 
     settings = {k: v for k, v in params.items() if k not in ("callback", "init", "background")}

@@ -347,3 +347,20 @@ def test_certificate_reuses_the_searched_residual_correlation():
     assert shifted.rho_up > own.rho_up
     wrong, _ = certify(Y, op, A, Z, pre=pre, lower=atom, data=W[:-1], **kw)
     assert wrong.rho_up == own.rho_up
+
+
+def test_check_finite_false_only_skips_the_pass_over_the_data():
+    """check_finite=False (factorize, which checked Y itself) gives the same certificate and
+    atom; with the default a NaN in Y is refused with a message naming it."""
+    from calseg.certify.gap import improving_atom
+
+    Y, op, F, A, Z, kw = _one_blob_fit(True, effort="low")
+    c1, a1 = certify(Y, op, A, Z, **kw)
+    c2, a2 = certify(Y, op, A, Z, check_finite=False, **kw)
+    assert c1.to_dict() | {"seconds": 0} == c2.to_dict() | {"seconds": 0}
+    np.testing.assert_array_equal(a1.psi, a2.psi)
+    assert improving_atom(Y, op, A, Z, check_finite=False, **kw).rho == improving_atom(Y, op, A, Z, **kw).rho
+    bad = Y.copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(InputError, match="Y contains NaN"):
+        certify(bad, op, A, Z, **kw)

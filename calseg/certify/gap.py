@@ -100,7 +100,7 @@ def _sumsq(M):
                      for s in range(0, M.shape[0], _CHUNK)))
 
 
-def _check_inputs(Y, op, A, Z, lam, background):
+def _check_inputs(Y, op, A, Z, lam, background, check_finite=True):
     Y = np.asarray(Y)
     if Y.ndim != 2 or Y.size == 0:
         raise InputError(f"Y must be a non-empty (T, P) array, got shape {Y.shape}")
@@ -130,7 +130,7 @@ def _check_inputs(Y, op, A, Z, lam, background):
             Q, rr = np.linalg.qr(F)
             d = np.abs(np.diag(rr))
             Q = Q[:, d > 1e-10 * max(float(d.max()), 1e-300)]
-    for name, M in (("Y", Y), ("A", A), ("Z", Z)):
+    for name, M in ((("Y", Y),) if check_finite else ()) + (("A", A), ("Z", Z)):
         if not np.all(np.isfinite(M)):
             raise InputError(f"{name} contains NaN or infinite values")
     return Y, A, Z, Q
@@ -158,7 +158,7 @@ def _residual(Y, op, A, Z, Q):
 
 
 def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, effort="normal",
-            seed=0, pre=None, lower=None, data=None):
+            seed=0, pre=None, lower=None, data=None, check_finite=True):
     """Certificate of global (sub)optimality of ``(A, Z)`` and the best improving atom found.
 
     Parameters
@@ -198,6 +198,9 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         ``W = D^T R`` at this same (A, Z) (from ``improving_atom(..., return_data=True)``,
         which needs ``pre``): used instead of recomputing it (a copy of ``D^T Y`` and a
         product). Ignored without ``pre``.
+    check_finite : bool, keyword-only
+        Check that Y holds no NaN or inf (a pass over it); False when the caller has (the
+        residual correlation computed from finite data is finite, and is not checked again).
 
     Returns
     -------
@@ -218,7 +221,7 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
     if not (isinstance(tol, (int, float, np.floating)) and np.isfinite(tol) and tol > 0):
         raise ConfigError(f"tol must be a finite number > 0, got {tol!r}")
     n_starts, max_iter = _effort(effort)[:2]
-    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
+    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background, check_finite)
     lam = float(lam)
     if pre is not None:
         rr, inner = _residual_terms_pre(pre, op, A, Z, Q)
@@ -243,7 +246,8 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
         if A.shape[1] else 0.0
     F_val = 0.5 * rr + lam * theta
     _check_norms(W, temporal, spatial)
-    rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-3, tol), effort=effort)
+    rho_up, ub, extra = _polar_upper(W, temporal, spatial, tol=min(1e-3, tol), effort=effort,
+                                     check_finite=False)
     if lower is not None:
         # recompute the given pair's value on this W (its rho is then certified here too)
         phi = np.asarray(lower.phi, dtype=np.float64)
@@ -258,7 +262,7 @@ def certify(Y, op, A, Z, *, lam, temporal, spatial, background=None, tol=1e-3, e
             phi, psi = phi / ha, psi / hz
     else:
         rho_low, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts,
-                                        max_iter=max_iter, seed=seed,
+                                        max_iter=max_iter, seed=seed, check_finite=False,
                                         row_scores=extra.get("row_scores"),
                                         col_scores=extra.get("col_scores"),
                                         svd_start=effort != "low")
@@ -330,7 +334,7 @@ def _polar_data_pre(pre, op, A, Z, Q):
 
 
 def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effort="low", seed=0,
-                   pre=None, return_data=False):
+                   pre=None, return_data=False, check_finite=True):
     """The best atom the polar lower-bound search finds at (A, Z), without the upper bounds.
 
     Cheaper than :func:`certify` (no upper bounds, no gap): what rank growth needs between
@@ -338,9 +342,10 @@ def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effo
     (the solver's :class:`~calseg.model.objective.Precomputed` for the same Y, operator and
     background) saves a pass over Y. ``return_data``: return ``(atom, W)`` with the residual
     correlation ``W = D^T R`` searched, for :func:`certify` at the same (A, Z) (``data=``).
+    ``check_finite``: as in :func:`certify`.
     """
     n_starts, max_iter = _effort(effort)[:2]
-    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
+    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background, check_finite)
     if pre is not None:
         W = _polar_data_pre(pre, op, A, Z, Q)
     else:
@@ -351,13 +356,13 @@ def improving_atom(Y, op, A, Z, *, lam, temporal, spatial, background=None, effo
         del R
     _check_norms(W, temporal, spatial)
     rho, phi, psi = polar_lower(W, temporal, spatial, n_starts=n_starts, max_iter=max_iter, seed=seed,
-                                svd_start=effort != "low")
+                                svd_start=effort != "low", check_finite=False)
     atom = None if rho <= 0 else Atom(phi=np.asarray(phi, dtype=np.float64),
                                       psi=np.asarray(psi, dtype=np.float64), rho=float(rho))
     return (atom, W) if return_data else atom
 
 
-def append_atom(Y, op, A, Z, atom, *, lam, background=None):
+def append_atom(Y, op, A, Z, atom, *, lam, background=None, check_finite=True):
     """Append ``(sqrt(eta) phi, sqrt(eta) psi)`` with the exact line-search step.
 
     Parameters
@@ -370,6 +375,8 @@ def append_atom(Y, op, A, Z, atom, *, lam, background=None):
         Typically from :func:`certify` at the same (A, Z).
     lam : float, keyword-only
     background : ndarray of shape (T, k) or None, keyword-only
+    check_finite : bool, keyword-only
+        As in :func:`certify`.
 
     Returns
     -------
@@ -385,7 +392,7 @@ def append_atom(Y, op, A, Z, atom, *, lam, background=None):
     ``(rho - lam)^2 / (2 ||P D phi||^2 ||psi||^2)``. Raises :class:`~calseg.errors.InputError`
     when the atom does not decrease the objective (``rho <= lam``).
     """
-    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background)
+    Y, A, Z, Q = _check_inputs(Y, op, A, Z, lam, background, check_finite)
     T, P = Y.shape
     phi = np.asarray(atom.phi, dtype=np.float64).reshape(-1)
     psi = np.asarray(atom.psi, dtype=np.float64).reshape(-1)

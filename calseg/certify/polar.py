@@ -53,13 +53,13 @@ def _effort(effort):
     return _EFFORT[effort]
 
 
-def _check_W(W):
+def _check_W(W, check_finite=True):
     W = np.asarray(W)
     if W.ndim != 2 or W.size == 0:
         raise InputError(f"W must be a non-empty 2-D array of shape (T, P), got shape {W.shape}")
     if W.dtype not in (np.float32, np.float64):
         W = W.astype(np.float64)
-    if not np.all(np.isfinite(W)):
+    if check_finite and not np.all(np.isfinite(W)):
         raise InputError("W contains NaN or infinite values")
     return W
 
@@ -324,8 +324,8 @@ def polar_upper(W, temporal, spatial, *, tol=1e-4, effort="normal"):
     return rho, bounds
 
 
-def _polar_upper(W, temporal, spatial, *, tol, effort):
-    W = _check_W(W)
+def _polar_upper(W, temporal, spatial, *, tol, effort, check_finite=True):
+    W = _check_W(W, check_finite)
     _check_norms(W, temporal, spatial)
     _, _, split_steps, power_iters, budget = _effort(effort)
     a_t, b_t, _ = _weights(temporal)
@@ -383,7 +383,7 @@ def _polar_upper(W, temporal, spatial, *, tol, effort):
 
 
 def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_scores=None,
-                col_scores=None, tol=1e-7, svd_start=True):
+                col_scores=None, tol=1e-7, svd_start=True, check_finite=True):
     """Lower bound on ``rho*(W)`` by alternating exact maximisation from several starts.
 
     Parameters
@@ -408,6 +408,9 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
         Include the singular-vector start (power iterations cost about as many passes over
         ``W`` as the alternations; on residuals dominated by noise ``W+`` is nearly rank one
         with a flat top vector, which rarely wins over the row and pixel starts).
+    check_finite : bool, keyword-only
+        Check that W holds no NaN or inf (a pass over it); False when the caller computed W
+        from data it checked.
 
     Returns
     -------
@@ -422,7 +425,7 @@ def polar_lower(W, temporal, spatial, *, n_starts=8, max_iter=30, seed=0, row_sc
     psi <- argmax_{h_Z(psi) <= 1} psi^T (W^T phi) and phi <- argmax_{h_A(phi) <= 1} phi^T (W psi)
     are exact (:func:`calseg.certify.dualnorm.dual_norm`), so the value never decreases.
     """
-    W = _check_W(W)
+    W = _check_W(W, check_finite)
     _check_norms(W, temporal, spatial)
     T, P = W.shape
     for name, v in (("n_starts", n_starts), ("max_iter", max_iter)):
