@@ -165,6 +165,7 @@ CONSTRAINTS = {
     "grow_margin": _real(0.0),
     "grow_min_rho": _real(0.0),
     "grow_min_support": _integer(1),
+    "grow_reach": _real(0.0, lo_open=True, optional=True),
     "tau": _real(0.0, lo_open=True, optional=True),
     "fps": _real(0.0, lo_open=True, optional=True),
     "rise": _real(0.0, lo_open=True, optional=True),
@@ -205,13 +206,27 @@ def _as_data(Y):
     return Y
 
 
+def _grown_support(psi, image_shape, reach):
+    """The pixels a grown column may use: within ``reach`` of the centroid of the atom's
+    pixels at or above a fifth of its peak, plus every pixel of the atom (all without reach)."""
+    psi = np.abs(np.asarray(psi, dtype=np.float64)).reshape(-1)
+    if reach is None or not np.any(psi > 0):
+        return np.ones(psi.size, dtype=bool)
+    h, w = image_shape
+    yy, xx = np.divmod(np.arange(psi.size), w)
+    wts = np.where(psi >= 0.2 * psi.max(), psi, 0.0)
+    cy, cx = float(wts @ yy) / wts.sum(), float(wts @ xx) / wts.sum()
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= reach ** 2) | (psi > 0)
+
+
 # --------------------------------------------------------------------------- entry point
 def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.0),
               nonnegative=True, operator="decay", tau=None, fps=None, rise=None,
               n_background=5, rank=None, init=None, connectivity=8, max_iter=500, tol=1e-6,
               certify=True, grow_rank=True, max_grow=10, seed=0, callback=None,
               background=None, certificate_tol=1e-3, tv_tol=1e-2, certificate_effort="low",
-              grow_margin=0.05, grow_min_rho=0.0, grow_min_support=1, support=None):
+              grow_margin=0.05, grow_min_rho=0.0, grow_min_support=1, support=None,
+              grow_reach=None):
     """Factor a movie block as ``Y ~ D A Z^T + F B^T`` with structured column norms.
 
     Parameters
@@ -285,8 +300,14 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
     support : ndarray of bool, shape (P, r), optional
         With ``init=(A0, Z0)``: the pixels each initial column's footprint may use (e.g. a disk
         around its seed, so that a seed's column cannot drift onto a distant, larger signal).
-        Columns added by rank growth are unrestricted. The certificate is that of the
+        Columns added by rank growth use the disk of ``grow_reach`` around their atom
+        (unrestricted without it). The certificate is that of the
         unrestricted problem.
+    grow_reach : float or None
+        With ``support``: a column added by rank growth may use the pixels within this radius
+        of the centroid of its atom's footprint (and the atom's own pixels), as a seed's
+        column may use its disk: it cannot drift onto a broader signal, and the solver's
+        products stay on the supports' pixels. None: the whole image.
     callback : callable or None
         ``callback(iteration, objective)`` after every solver iteration.
 
@@ -316,7 +337,8 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
                   certify=certify, grow_rank=grow_rank, max_grow=max_grow, seed=seed,
                   callback=callback, background=background, certificate_tol=certificate_tol,
                   tv_tol=tv_tol, certificate_effort=certificate_effort, grow_margin=grow_margin,
-                  grow_min_rho=grow_min_rho, grow_min_support=grow_min_support)
+                  grow_min_rho=grow_min_rho, grow_min_support=grow_min_support,
+                  grow_reach=grow_reach)
     _validate(params)
     Y = _as_data(Y)     # checked finite here, once (the certificate's steps do not repeat it)
     T, P = Y.shape
@@ -421,7 +443,7 @@ def factorize(Y, image_shape, *, lam, spatial=(1.0, 1.0, 0.6), temporal=(1.0, 1.
             except InputError:  # the atom no longer decreases the objective
                 break
             if support is not None:
-                support = np.column_stack([support, np.ones(P, dtype=bool)])
+                support = np.column_stack([support, _grown_support(atom.psi, (H, W), grow_reach)])
             n_grow += 1
             res = bcd(pre, op, A, Z, support=support, **solve)
             support = res.support

@@ -59,7 +59,8 @@ RELAXED_MIN_SOLIDITY = 0.65
 #: level at 2-4 cell areas was a blob of local neuropil (realistic simulations: 14 of 35 false
 #: positives above 2.3 cell areas, no true cell)
 RELAXED_MAX_AREA = 2.0
-#: a seed's footprint stays within this many cell diameters of the seed: a seed's start trace
+#: a seed's footprint stays within this many cell diameters of the seed (and a grown column's
+#: within as many of its atom's centroid): a seed's start trace
 #: carries the local neuropil too, and unrestricted its column can drift onto a broader signal
 #: (a 9-px start grew to 1,400 px, centred 20 px away) and the cell it was seeded on is lost
 SEED_REACH = 1.25
@@ -188,7 +189,8 @@ def _process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
         operator=op, background=F, init=(A0, Z0), connectivity=ctx.connectivity,
         max_iter=ctx.max_iter, tol=ctx.tol, certify=ctx.certify, grow_rank=ctx.grow_rank,
         max_grow=ctx.max_grow, certificate_tol=ctx.certificate_tol, seed=ctx.seed,
-        grow_min_rho=ctx.rho_noise, grow_min_support=max(1, int(ctx.min_area)), support=support)
+        grow_min_rho=ctx.rho_noise, grow_min_support=max(1, int(ctx.min_area)), support=support,
+        grow_reach=SEED_REACH * ctx.diameter)
     t_fact = time.perf_counter() - t0 - t_read
 
     rho = atom_projections(Yn, op, F, fact.A, fact.Z, (h, w), ctx)

@@ -237,3 +237,46 @@ def test_support_restricts_the_start_columns_only_and_the_certificate_stays_vali
     assert cert.objective - Pstar <= cert.gap + 1e-9 * Pstar
     with pytest.raises(InputError, match="support"):
         factorize(Y, (7, 10), lam=lam, init=(A0, Z0), support=support[:5], **NUCLEAR)
+
+
+def test_grown_support_is_a_disk_around_the_atom_plus_its_pixels():
+    from calseg.factorize import _grown_support
+
+    h, w = 30, 40
+    yy, xx = np.divmod(np.arange(h * w), w)
+    psi = np.exp(-((yy - 10) ** 2 + (xx - 25) ** 2) / 8.0)
+    psi[psi < 0.05] = 0.0
+    psi[0] = 0.01                                   # a stray pixel of the atom far away
+    got = _grown_support(psi, (h, w), 6.0)
+    disk = (yy - 10) ** 2 + (xx - 25) ** 2 <= 36
+    np.testing.assert_array_equal(got, disk | (psi > 0))
+    assert _grown_support(psi, (h, w), None).all() and _grown_support(0 * psi, (h, w), 6.0).all()
+
+
+def test_grow_reach_keeps_grown_columns_near_their_atom_and_the_certificate_valid():
+    """Four planted cells, one seeded (its column restricted to a disk): growth finds the
+    others, and with grow_reach their columns are disks around their atoms (the whole image
+    without it); every footprint stays inside its set and the certificate is computed."""
+    Y, shape, fps, tau, Zt, S = planted_movie()
+    H, W = shape
+    yy, xx = np.divmod(np.arange(H * W), W)
+    support = ((yy - 6) ** 2 + (xx - 6) ** 2 <= 36)[:, None]
+    A0 = np.maximum(lfilter([1, -np.exp(-1 / (fps * tau))], [1], Y[:, 6 * W + 6] - 10.0), 0)[:, None]
+    Z0 = support * 0.1
+    lam = 0.5 * float(np.std(Y - Y.mean(axis=0)))
+    kw = dict(lam=lam, tau=tau, fps=fps, init=(A0, Z0), support=support, max_iter=300, tol=1e-6,
+              certify=True, grow_rank=True, max_grow=4, seed=0, certificate_effort="low")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        res = factorize(Y, shape, grow_reach=6.0, **kw)
+        free = factorize(Y, shape, **kw)
+    assert res.n_grow >= 2 and free.n_grow >= 2
+    assert not res.support.all(axis=0).any()                 # every column restricted
+    assert free.support[:, 1:].all()                         # grown columns free without reach
+    assert not np.any(res.Z[~res.support])
+    # each grown column's set is a disk of radius 6 (plus its atom's pixels): a few cells' worth
+    assert np.all(res.support[:, 1:].sum(axis=0) < 0.5 * H * W)
+    cert = res.certificate
+    assert cert.gap >= 0 and cert.rho_up >= cert.rho_low > 0
+    with pytest.raises(ConfigError, match="grow_reach"):
+        factorize(Y, shape, grow_reach=-1.0, **kw)

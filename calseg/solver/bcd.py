@@ -194,6 +194,57 @@ class _WindowedProx:
         return out, warm
 
 
+#: the support-restricted products pay off while the supports' union is below this part of the
+#: image (their one-time transposed copy of those pixels costs about two products)
+_SUPPORT_FRACTION = 0.8
+_GATHER_ROWS = 128
+
+
+class _SupportData:
+    """``D^T Y'`` on the pixels ``S`` where some footprint may be nonzero (the union of the
+    columns' supports), copied once per solver run as an (|S|, T) pixel-major block.
+
+    With every footprint restricted to a disk around its seed, the Z-step's gradient is only
+    needed there (it is zero outside each column's support, where ``Z_i`` stays zero) and
+    ``D^T Y' Z`` only reads those pixels: both products per iteration then cost |S| / P of
+    the whole tile's, and read contiguous memory. The support only shrinks during a run
+    (pruned columns, merged ones), so S stays a superset of it.
+    """
+
+    def __init__(self, DtY, support):
+        self.P = DtY.shape[1]
+        self.pixels = np.flatnonzero(support.any(axis=1))
+        self.block = np.ascontiguousarray(DtY[:, self.pixels].T)      # (|S|, T), data dtype
+
+    @classmethod
+    def maybe(cls, DtY, support):
+        """An instance when ``support`` restricts every column to a union of supports
+        smaller than ``_SUPPORT_FRACTION`` of the image, else None."""
+        if support is None or support.shape[1] == 0 or support.all(axis=0).any():
+            return None
+        if np.count_nonzero(support.any(axis=1)) > _SUPPORT_FRACTION * support.shape[0]:
+            return None
+        return cls(DtY, support)
+
+    def t_times(self, X):
+        """``(D^T Y')^T X`` (P, r) float64, zero outside S."""
+        out = np.zeros((self.P, X.shape[1]))
+        out[self.pixels] = self.block @ np.asarray(X, dtype=self.block.dtype)
+        return out
+
+    def times(self, Z):
+        """``D^T Y' Z`` (T, r) float64 for Z zero outside S: only the rows of the block
+        where Z is nonzero, gathered ``_GATHER_ROWS`` at a time (a footprint fills part of its
+        support; 7 vs 17 ms for a 6,000 x 3,000 block with 40 % of its rows used)."""
+        Zs = np.asarray(Z[self.pixels], dtype=self.block.dtype)
+        rows = np.flatnonzero(np.any(Zs != 0, axis=1))
+        out = np.zeros((Z.shape[1], self.block.shape[1]), dtype=self.block.dtype)
+        for s in range(0, rows.size, _GATHER_ROWS):
+            idx = rows[s:s + _GATHER_ROWS]
+            out += Zs[idx].T @ self.block[idx]
+        return np.asarray(out, dtype=np.float64).T
+
+
 def prune_zero_columns(A, Z):
     """Drop the columns i with ``A_i = 0`` or ``Z_i = 0`` (lossless: they contribute nothing).
 
@@ -318,9 +369,12 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
         B; kept only when the objective does not increase (its value is appended to history).
     support : ndarray of bool, shape (P, r), optional
         Pixels each column of Z may use (a True column: all). Z_i is kept zero outside its
-        support: the objective is then minimized over footprints restricted to these sets, a
-        feasible point of the unrestricted problem (its certificate is unaffected). Returned,
-        pruned and merged along with the columns, as ``BCDResult.support``.
+        support, and its gradient there is taken as zero (the prox sees no pull outside): the
+        objective is then minimized over footprints restricted to these sets, a feasible
+        point of the unrestricted problem (its certificate is unaffected). When every column
+        is restricted, the products with ``D^T Y`` run on the supports' pixels only
+        (:class:`_SupportData`). Returned, pruned and merged along with the columns, as
+        ``BCDResult.support``.
 
     Returns
     -------
@@ -392,6 +446,7 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
     A, Z = A[:, keepA], Z[:, keepA]
     if support is not None:
         support = support[:, keepA]
+    fast = _SupportData.maybe(DtY, support)   # products on the supports' pixels only
     obj, DA = evaluate(A, Z, Bp)
     history = [obj]
     A_hat, Z_hat = A, Z
@@ -418,9 +473,11 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
             sf = support.astype(np.float32)
             coupled = (sf.T @ sf) > 0      # columns whose footprints can share a pixel
         LZ = _diag_lipschitz(M, coupled)
-        cross_Z = _big_t_times(DtY, A)
+        cross_Z = _big_t_times(DtY, A) if fast is None else fast.t_times(A)
         if F_k:
             cross_Z -= Bp @ (pre.DtF.T @ A)
+        if support is not None:
+            cross_Z[~support] = 0.0    # Z_i stays zero there: its prox sees no pull outside
         nA = np.asarray(temporal.value(A), np.float64)
         if support is not None and windowed is None:
             wins = _support_windows(support, getattr(spatial, "image_shape", None))
@@ -434,7 +491,7 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
         # --- A-step
         ZtZ = Zn.T @ Zn
         LA = _diag_lipschitz(ZtZ) * op.norm_sq
-        DtYZ = _big_times(DtY, Zn)
+        DtYZ = _big_times(DtY, Zn) if fast is None else fast.times(Zn)
         cross_A = DtYZ - pre.DtF @ (Bn.T @ Zn) if F_k else DtYZ
         nZ = np.asarray(spatial.value(Zn), np.float64)
         An, _ = _block_step(A_hat, cross_A, ZtZ, LA, nZ == 0, lam * nZ, temporal, hess=hess)
