@@ -14,6 +14,8 @@ Run as ``python benchmarks/bench.py`` (``make bench``) from the repository root:
    ``calseg run --workers 2`` on each as a subprocess, without motion correction and with rigid
    motion correction (``--no-motion``: without only): wall seconds, CPU seconds (process +
    children), peak resident memory of the process tree, seconds per frame.
+   Every timed row follows an untimed warm-up run on a small recording (``warm_up``), so
+   that the one-time compilation of the numba kernels is not counted in the first row.
 3. Suite2p (``competitors/suite2p_runner.py`` in ``.venv-suite2p``) on the same files without
    and with registration, when that environment exists. The ratio columns compare each Suite2p
    row with the calseg row doing the same work: Suite2p without registration / calseg without
@@ -85,12 +87,32 @@ def _row(method, movie, n_frames, meas, ref=None) -> dict:
     return row
 
 
+def warm_up(work: Path, *, motion: bool = True, suite2p: bool = False) -> None:
+    """Run calseg once (untimed) on a small recording, so that no timed row includes the
+    one-time compilation of the numba kernels (cached on disk per installation): on a fresh
+    install the first 512 x 512 x 1,000 run took 139 s, the next ones about 50 s."""
+    sim_dir, params = simulate_cached(work, "standard", (96, 96), 300, 0)
+    t0 = time.perf_counter()
+    for mode in ("none", "rigid") if motion else ("none",):
+        meas = time_calseg(sim_dir / "movie.tif", work / "runs" / "warmup" / mode, params["cell_diameter"],
+                           motion=mode)
+        if meas["returncode"] != 0:
+            print(f"  warm-up run failed (exit {meas['returncode']}): {meas['tail']}")
+    if suite2p:   # the same for Suite2p (its numba functions, torch's first use)
+        for reg in (False, True):
+            time_suite2p(sim_dir / "movie.tif", work / "runs" / "warmup" / f"suite2p_{reg}", params["fps"],
+                         params["cell_diameter"], reg)
+    print(f"  warm-up runs on a {sim_dir.name} recording (not timed): "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def bench_pipeline(size, frame_counts, work: Path, *, suite2p: bool = True, motion: bool = True,
                    max_memory: str | None = None) -> list:
     """Timing rows of calseg (without and with rigid motion correction) and Suite2p (without and
     with registration) per movie length."""
     rows = []
     have_s2p = suite2p and S2P_PYTHON.exists()
+    warm_up(work, motion=motion, suite2p=have_s2p)
     if suite2p and not have_s2p:
         print(f"  ({S2P_PYTHON} not found: Suite2p rows skipped)")
     for n in frame_counts:
