@@ -24,7 +24,7 @@ The model (bytes; ``F = H*W`` pixels per frame, ``P`` pixels per tile, ``b`` fra
     base      = PROCESS_BYTES                                 # interpreter, numpy, numba kernels
     images    = 200 F + 4 T nb                                # summary images, coarse traces
     motion    = 4 F (2 b_m + 150) + FFT_BYTES                 # only with motion correction
-    summary   = 4 F (3 b) + 16 F ceil(T / b)                  # batch copies; per-batch noise
+    summary   = 4 F (4 b) + 16 F ceil(T / b)                  # batch copies; per-batch noise
                                                               # images, stacked for their median
     tau       = 8 F min(b, T)                                 # only when the decay is estimated
     lambda    = LAMBDA_COPIES * 4 T P' + LAMBDA_PIXEL_BYTES P'  # noise polar, P' = min(P, 4096)
@@ -140,7 +140,7 @@ def estimate_peak(shape, *, tile_shape, workers=1, summary_batch=DEFAULT_SUMMARY
     b = min(summary_batch, T)
     out = {"base": PROCESS_BYTES, "images": 200 * F + 4 * T * nb}
     out["motion"] = 4 * F * (2 * min(motion_batch, T) + 150) + FFT_BYTES if motion else 0
-    out["summary"] = 4 * F * 3 * b + 16 * F * math.ceil(T / b)
+    out["summary"] = 4 * F * 4 * b + 16 * F * math.ceil(T / b)    # the next batch is read ahead
     out["tau"] = 8 * F * b if estimate_tau else 0
     Pl = min(P, 4096)
     out["lambda"] = LAMBDA_COPIES * 4 * T * Pl + LAMBDA_PIXEL_BYTES * Pl

@@ -98,20 +98,39 @@ _READ_FRAMES = 128
 def _reused_batches(movie, batch_size):
     """``(first_frame, X)`` over ``movie`` in float32 batches of ``batch_size`` frames.
 
-    Every X is a view of the same buffer: the caller must be done with a batch before asking
-    for the next one."""
+    Two buffers, kept for the whole pass: while the caller works on one batch, a thread reads
+    the next into the other (reading and converting a 512 x 512 x 500 batch takes ~0.4 s, most
+    of it outside the GIL, and the caller's single-threaded steps leave a core free for it).
+    Every X is a view of one of them: the caller must be done with a batch before asking for
+    the next one."""
     T = int(movie.shape[0])
-    batch_size = int(batch_size)
-    buf = None
-    for first in range(0, T, batch_size):
-        last = min(T, first + batch_size)
-        if buf is None:
-            buf = np.empty((last - first,) + tuple(int(n) for n in movie.shape[1:]), np.float32)
-        X = buf[:last - first]
-        for s, C in movie.iter_batches(min(_READ_FRAMES, batch_size), start=first, stop=last,
-                                       dtype=np.float32):
+    b = int(batch_size)
+    starts = list(range(0, T, b))
+    if not starts:
+        return
+    rest = tuple(int(n) for n in movie.shape[1:])
+    bufs = [np.empty((min(b, T),) + rest, np.float32) for _ in range(min(2, len(starts)))]
+
+    def fill(i):
+        first = starts[i]
+        last = min(T, first + b)
+        X = bufs[i % len(bufs)][:last - first]
+        for s, C in movie.iter_batches(min(_READ_FRAMES, b), start=first, stop=last, dtype=np.float32):
             X[s - first:s - first + C.shape[0]] = C
-        yield first, X
+        return first, X
+
+    if len(starts) == 1:
+        yield fill(0)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calseg-read") as reader:
+        pending = reader.submit(fill, 0)
+        for i in range(len(starts)):
+            first, X = pending.result()
+            if i + 1 < len(starts):
+                pending = reader.submit(fill, i + 1)     # into the other buffer
+            yield first, X
 
 
 def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: int = 3,

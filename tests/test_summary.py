@@ -77,3 +77,26 @@ def test_block_sums_equal_numpy(shape, block):
     got = _block_sums(X, block, -(-H // block), -(-W // block))
     assert got.dtype == np.float32 and got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [300, 2000])
+def test_read_ahead_gives_the_summary_of_plain_sequential_batches(batch, monkeypatch):
+    """The summary's next batch is read in a thread into a second buffer while the current one
+    is used: every image equals the one from batches read one after another."""
+    import calseg.summary as summary_module
+
+    rng = np.random.default_rng(0)
+    X = (100 + 10 * rng.standard_normal((1100, 40, 48))).astype(np.float32)
+    X[:, 10:14, 20:24] += 30 * (rng.random(1100) < 0.05)[:, None, None]
+    movie = ArrayMovie(X, fps=30.0)
+    kw = dict(batch_size=batch, bin_frames=5, peak_sigma=1.0)
+    ahead = summarize(movie, **kw)
+
+    def sequential(movie, batch_size):
+        for first in range(0, movie.shape[0], batch_size):
+            yield first, np.asarray(movie.read(first, min(movie.shape[0], first + batch_size)), np.float32)
+
+    monkeypatch.setattr(summary_module, "_reused_batches", sequential)
+    plain = summarize(movie, **kw)
+    for name in ("mean", "noise", "correlation", "peak", "coarse"):
+        np.testing.assert_array_equal(getattr(ahead, name), getattr(plain, name), err_msg=name)
