@@ -122,7 +122,8 @@ def default_tile_geometry(diameter: float, height: int, width: int) -> tuple[int
     return fitted_tile_size(max(height, width), size, overlap), overlap
 
 
-def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, progress=None):
+def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, progress=None,
+              cost=None):
     """Apply ``fn(tile)`` to every tile and return the results in tile order.
 
     Parameters
@@ -138,6 +139,10 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
         Address of a running ``dask.distributed`` scheduler (``tcp://host:8786``); the tiles
         then run on its workers and ``workers`` is ignored. Needs the ``dask`` extra.
     progress : callable(done, total), optional
+    cost : sequence of float, optional
+        Expected work of each tile (e.g. its number of seeds): in a process pool the costliest
+        tiles start first, so that no long tile is left to run alone at the end (results
+        stay in tile order and do not depend on it). Dask gets them as task priorities.
 
     Notes
     -----
@@ -147,6 +152,7 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
     exceeding its memory limit) fails the run with a one-line error.
     """
     results = [None] * len(tiles)
+    queue = submission_order(tiles, cost)
     if scheduler:
         from .errors import CalsegError
 
@@ -154,7 +160,9 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
         client = connect_scheduler(scheduler)
         try:
             [remote_fn] = client.scatter([fn], broadcast=True, hash=False)
-            futures = {client.submit(_call, remote_fn, t, pure=False): t.index for t in tiles}
+            prio = {t.index: len(queue) - k for k, t in enumerate(queue)}
+            futures = {client.submit(_call, remote_fn, t, pure=False, priority=prio[t.index]): t.index
+                       for t in queue}
             for done, fut in enumerate(distributed.as_completed(futures, loop=client.loop), 1):
                 try:
                     results[futures[fut]] = fut.result()
@@ -179,12 +187,19 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
     ctx = mp.get_context("spawn")
     with _thread_env(max(1, (os.cpu_count() or 1) // workers)), \
             cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(fn, t): t.index for t in tiles}
+        futures = {pool.submit(fn, t): t.index for t in queue}
         for done, fut in enumerate(cf.as_completed(futures), 1):
             results[futures[fut]] = fut.result()
             if progress:
                 progress(done, len(tiles))
     return results
+
+
+def submission_order(tiles, cost=None) -> list:
+    """``tiles`` costliest first (a stable sort: equal costs keep the tile order)."""
+    if cost is None:
+        return list(tiles)
+    return [tiles[i] for i in sorted(range(len(tiles)), key=lambda i: -cost[i])]
 
 
 _THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -3,7 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from calseg.patches import default_tile_geometry, fitted_tile_size, plan_tiles, run_tiles
+from calseg.patches import (default_tile_geometry, fitted_tile_size, plan_tiles, run_tiles,
+                            submission_order)
 
 
 @pytest.mark.parametrize("H,W,size,overlap", [(100, 100, 40, 10), (64, 200, 64, 16), (30, 17, 40, 10),
@@ -75,6 +76,17 @@ def test_run_tiles_serial_and_pool_agree():
     a = run_tiles(_square, tiles, workers=1)
     b = run_tiles(_square, tiles, workers=2)
     assert a == b == [t.index ** 2 for t in tiles]
+
+
+def test_tiles_are_submitted_costliest_first_and_results_stay_in_tile_order():
+    tiles = plan_tiles(60, 60, 20, 6)
+    cost = [(7 * t.index) % 5 for t in tiles]
+    order = [t.index for t in submission_order(tiles, cost)]
+    assert sorted(order) == list(range(len(tiles)))
+    assert [cost[i] for i in order] == sorted(cost, reverse=True)
+    assert all(a < b for a, b in zip(order, order[1:]) if cost[a] == cost[b])   # stable
+    assert submission_order(tiles) == tiles
+    assert run_tiles(_square, tiles, workers=2, cost=cost) == [t.index ** 2 for t in tiles]
 
 
 def test_run_tiles_unreachable_scheduler_is_a_config_error():
