@@ -31,8 +31,11 @@ The model (bytes; ``F = H*W`` pixels per frame, ``P`` pixels per tile, ``b`` fra
     tile      = TILE_COPIES * 4 T P + TILE_CHUNK_COPIES * 8 min(T, 512) P + TILE_FIXED  # one tile
     tiles     = tile                       (1 worker, in this process)
               = workers (PROCESS_BYTES + tile + 8 F)          (worker processes)
+    waiting   = workers WARM_WORKER_BYTES  (worker processes: started before the summary, they
+                                            wait through the summary, tau and lambda stages)
     results   = RESULT_BYTES * T N,  N = NEURON_COVER * F / (pi d^2 / 4)
-    peak      = base + images + max(motion, summary, tau, lambda, tiles + results)
+    peak      = base + images + max(motion, summary + waiting, tau + waiting,
+                                    lambda + waiting, tiles + results)
 
 The constants were measured (``tracemalloc`` peaks of each stage, and peak RSS of whole runs:
 one 72 x 72 tile of 6,000 frames, estimate 1.15 GB, peak RSS 0.79 GB), with a margin; they
@@ -56,6 +59,8 @@ TILE_COPIES = 6
 TILE_CHUNK_COPIES = 4
 TILE_CHUNK_FRAMES = 512
 TILE_FIXED = 16 * 10 ** 6
+#: a worker process waiting for its first tile after its warm-up (``calseg.patches._warm_up``)
+WARM_WORKER_BYTES = PROCESS_BYTES + 50 * 10 ** 6
 #: the same for the white-noise block λ is measured on (measured 3 copies + ~14 KB per pixel)
 LAMBDA_COPIES = 5
 LAMBDA_PIXEL_BYTES = 16 * 1024
@@ -154,7 +159,10 @@ def estimate_peak(shape, *, tile_shape, workers=1, summary_batch=DEFAULT_SUMMARY
         out["tiles"] = workers * (PROCESS_BYTES + out["tile"] + 8 * F)
     n_max = math.ceil(NEURON_COVER * F / (math.pi * diameter ** 2 / 4.0))
     out["results"] = RESULT_BYTES * T * n_max
-    stages = (out["motion"], out["summary"], out["tau"], out["lambda"], out["tiles"] + out["results"])
+    # a local pool's workers start before the summary (calseg.patches.start_pool) and wait
+    out["waiting"] = workers * WARM_WORKER_BYTES if workers > 1 and not remote_tiles else 0
+    stages = (out["motion"], out["summary"] + out["waiting"], out["tau"] + out["waiting"],
+              out["lambda"] + out["waiting"], out["tiles"] + out["results"])
     out["peak"] = out["base"] + out["images"] + max(stages)
     return {k: int(v) for k, v in out.items()}
 

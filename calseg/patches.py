@@ -122,8 +122,46 @@ def default_tile_geometry(diameter: float, height: int, width: int) -> tuple[int
     return fitted_tile_size(max(height, width), size, overlap), overlap
 
 
+def start_pool(workers: int, *, warm: bool = True):
+    """A local pool of ``workers`` spawned processes for :func:`run_tiles` (``pool=``), started
+    now: while the main process streams the summary pass, each worker imports calseg and loads
+    its cached numba kernels (a small factorization, :func:`_warm_up`), seconds that otherwise
+    came before the first tile (``warm=False``: no warm-up). Shut it down with
+    ``pool.shutdown()``."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    with _thread_env(max(1, (os.cpu_count() or 1) // workers)):   # the workers' environment
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        for _ in range(workers if warm else 0):
+            pool.submit(_warm_up)
+    return pool
+
+
+def _warm_up():
+    """Load the kernels a tile uses (from numba's cache) with a small seeded factorization of
+    a 12 x 100 block (wider than one column chunk, as tiles are); the result is discarded."""
+    import warnings
+
+    import numpy as np
+
+    from .factorize import factorize
+
+    rng = np.random.default_rng(0)
+    T, h, w = 60, 12, 100
+    Y = rng.standard_normal((T, h * w)).astype(np.float32)
+    support = np.zeros((h * w, 1), dtype=bool)
+    support[:, 0] = (np.arange(h * w) % w) < 20
+    Y[:, support[:, 0]] += 4.0 * (rng.random(T) < 0.1)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        factorize(Y, (h, w), lam=1.0, tau=0.5, fps=10.0, n_background=2, support=support,
+                  init=(np.abs(rng.standard_normal((T, 1))), 0.1 * support), max_iter=3,
+                  certify=True, grow_rank=True, max_grow=1, grow_reach=4.0)
+
+
 def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, progress=None,
-              cost=None):
+              cost=None, pool=None):
     """Apply ``fn(tile)`` to every tile and return the results in tile order.
 
     Parameters
@@ -143,6 +181,9 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
         Expected work of each tile (e.g. its number of seeds): in a process pool the costliest
         tiles start first, so that no long tile is left to run alone at the end (results
         stay in tile order and do not depend on it). Dask gets them as task priorities.
+    pool : concurrent.futures.ProcessPoolExecutor, optional
+        A pool from :func:`start_pool` to run the tiles in (``workers`` is then its size);
+        the caller shuts it down.
 
     Notes
     -----
@@ -175,23 +216,26 @@ def run_tiles(fn, tiles, *, workers: int = 1, scheduler: str | None = None, prog
         finally:
             client.close()
         return results
-    if workers <= 1 or len(tiles) <= 1:
+    if pool is None and (workers <= 1 or len(tiles) <= 1):
         for done, t in enumerate(tiles, 1):
             results[t.index] = fn(t)
             if progress:
                 progress(done, len(tiles))
         return results
     import concurrent.futures as cf
-    import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
-    with _thread_env(max(1, (os.cpu_count() or 1) // workers)), \
-            cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    own = pool is None
+    if own:
+        pool = start_pool(workers, warm=False)
+    try:
         futures = {pool.submit(fn, t): t.index for t in queue}
         for done, fut in enumerate(cf.as_completed(futures), 1):
             results[futures[fut]] = fut.result()
             if progress:
                 progress(done, len(tiles))
+    finally:
+        if own:
+            pool.shutdown(cancel_futures=True)
     return results
 
 

@@ -160,78 +160,89 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         log.info("motion (%s): largest shift %.2f px", settings.motion_correction,
                  float(np.abs(motion.shifts).max()) if len(motion.shifts) else 0.0)
 
-    t0 = time.perf_counter()
-    tau_guess = settings.decay()[0] or PEAK_TAU_GUESS_S
-    summ = summarize(movie, block=max(16, int(round(2 * diameter))), batch_size=plan.summary_batch,
-                     bin_frames=max(1, int(round(0.5 * tau_guess * fps))), peak_sigma=diameter / 4.0,
-                     progress=lambda d, n: report("summary", d, n))
-    timings["summary"] = time.perf_counter() - t0
+    # the tile workers start now: they import calseg and load their kernels during the summary
+    pool = None
+    if plan.workers > 1 and not settings.scheduler:
+        from .patches import start_pool
 
-    t0 = time.perf_counter()
-    tau, rise = settings.decay()
-    tau_source = "settings" if tau is not None else "estimated"
-    seeds = find_seeds(summ.correlation, summ.peak, diameter)
-    if tau is None:
-        tau = estimate_tau(movie, fps, summary=summ, seeds=seeds, batch_size=plan.summary_batch)
-        if rise is None:
-            # the data rarely pin the rise down; GCaMP-family indicators rise in ~6% of their
-            # decay time (it is dropped below a third of a frame)
-            rise = RISE_FRACTION * tau
-    if rise is not None and abs(rise - tau) < 1e-3 * tau:
-        rise = None
-    if rise is not None and rise * fps < 0.3:  # a rise much shorter than a frame is invisible
-        rise = None
-    if T < 2 * tau * fps:
-        log.warning("the recording (%d frames) is shorter than two decay times (%.1f frames)", T, tau * fps)
-    neuropil = neuropil_atoms(summ, settings.n_neuropil)
-    timings["kinetics_seeds"] = time.perf_counter() - t0
+        pool = start_pool(plan.workers)
+    try:
+        t0 = time.perf_counter()
+        tau_guess = settings.decay()[0] or PEAK_TAU_GUESS_S
+        summ = summarize(movie, block=max(16, int(round(2 * diameter))), batch_size=plan.summary_batch,
+                         bin_frames=max(1, int(round(0.5 * tau_guess * fps))), peak_sigma=diameter / 4.0,
+                         progress=lambda d, n: report("summary", d, n))
+        timings["summary"] = time.perf_counter() - t0
 
-    tile_size, overlap = plan.tile_size, plan.tile_overlap
-    tiles = plan_tiles(H, W, tile_size, overlap)
+        t0 = time.perf_counter()
+        tau, rise = settings.decay()
+        tau_source = "settings" if tau is not None else "estimated"
+        seeds = find_seeds(summ.correlation, summ.peak, diameter)
+        if tau is None:
+            tau = estimate_tau(movie, fps, summary=summ, seeds=seeds, batch_size=plan.summary_batch)
+            if rise is None:
+                # the data rarely pin the rise down; GCaMP-family indicators rise in ~6% of their
+                # decay time (it is dropped below a third of a frame)
+                rise = RISE_FRACTION * tau
+        if rise is not None and abs(rise - tau) < 1e-3 * tau:
+            rise = None
+        if rise is not None and rise * fps < 0.3:  # a rise much shorter than a frame is invisible
+            rise = None
+        if T < 2 * tau * fps:
+            log.warning("the recording (%d frames) is shorter than two decay times (%.1f frames)", T, tau * fps)
+        neuropil = neuropil_atoms(summ, settings.n_neuropil)
+        timings["kinetics_seeds"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    from .lam import DEFAULT_FACTOR, noise_polar, trace_null
-    from .model.temporal import DecayOperator
-    from .prox.composite import CompositeNorm
-    from .tile import background_dictionary
+        tile_size, overlap = plan.tile_size, plan.tile_overlap
+        tiles = plan_tiles(H, W, tile_size, overlap)
 
-    op = DecayOperator.from_tau(T, tau, fps, rise=rise)
-    F = background_dictionary(T, settings.n_background, neuropil)
-    rho_noise = noise_polar(T, tiles[0].shape, op, F, CompositeNorm(*settings.temporal),
-                            CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
-                                          connectivity=settings.connectivity), seed=settings.seed)
-    lam = float(settings.lam) if settings.lam is not None else settings.lam_scale * DEFAULT_FACTOR * rho_noise
-    q_trace = trace_null(T, op, F, CompositeNorm(*settings.temporal, nonnegative=True), seed=settings.seed)
-    timings["lambda"] = time.perf_counter() - t0
-    area = np.pi * diameter ** 2 / 4.0
-    ctx = TileContext(
-        noise=summ.noise, mean=summ.mean, seeds=seeds, neuropil=neuropil, diameter=diameter,
-        fps=fps, tau=tau, rise=rise, lam=lam, spatial=tuple(settings.spatial),
-        temporal=tuple(settings.temporal), n_background=settings.n_background,
-        connectivity=settings.connectivity, max_iter=settings.max_iter, tol=settings.tol,
-        certify=settings.certify, grow_rank=settings.grow_rank, max_grow=settings.max_grow,
-        certificate_tol=settings.certificate_tol, mask_threshold=settings.mask_threshold,
-        min_area=settings.min_area_fraction * area, max_area=settings.max_area_fraction * area,
-        seed=settings.seed, rho_noise=rho_noise, trace_null=q_trace)
-    workers = plan.workers
-    where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{workers} worker(s)"
-    log.info("%d x %d x %d frames at %.3g Hz; cell diameter %.1f px; tau %.3g s (%s); lambda %.3g; "
-             "%d tiles of %d px (overlap %d); %d seeds; %s; estimated peak memory %s", T, H, W, fps,
-             diameter, tau, tau_source, lam, len(tiles), tile_size, overlap, len(seeds), where,
-             format_bytes(plan.peak))
-    if plan.changes:
-        log.info("to fit max_memory %s: %s", settings.max_memory or "(free memory)", "; ".join(plan.changes))
-    release_free_memory()       # the summary's batches: not held while the workers run
-    t0 = time.perf_counter()
-    fn = functools.partial(process_tile, movie=movie, ctx=ctx)
-    # tiles with more seeds take longer (more columns): started first, they do not finish last
-    m = 0.5 * diameter
-    cost = [int(np.count_nonzero((seeds[:, 0] >= t.y0 - m) & (seeds[:, 0] < t.y1 + m)
-                                 & (seeds[:, 1] >= t.x0 - m) & (seeds[:, 1] < t.x1 + m)))
-            if len(seeds) else 0 for t in tiles]
-    tile_results = run_tiles(fn, tiles, workers=workers, scheduler=settings.scheduler,
-                             progress=lambda d, n: report("tiles", d, n), cost=cost)
-    timings["tiles"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        from .lam import DEFAULT_FACTOR, noise_polar, trace_null
+        from .model.temporal import DecayOperator
+        from .prox.composite import CompositeNorm
+        from .tile import background_dictionary
+
+        op = DecayOperator.from_tau(T, tau, fps, rise=rise)
+        F = background_dictionary(T, settings.n_background, neuropil)
+        rho_noise = noise_polar(T, tiles[0].shape, op, F, CompositeNorm(*settings.temporal),
+                                CompositeNorm(*settings.spatial, image_shape=tiles[0].shape,
+                                              connectivity=settings.connectivity), seed=settings.seed)
+        lam = float(settings.lam) if settings.lam is not None else settings.lam_scale * DEFAULT_FACTOR * rho_noise
+        q_trace = trace_null(T, op, F, CompositeNorm(*settings.temporal, nonnegative=True), seed=settings.seed)
+        timings["lambda"] = time.perf_counter() - t0
+        area = np.pi * diameter ** 2 / 4.0
+        ctx = TileContext(
+            noise=summ.noise, mean=summ.mean, seeds=seeds, neuropil=neuropil, diameter=diameter,
+            fps=fps, tau=tau, rise=rise, lam=lam, spatial=tuple(settings.spatial),
+            temporal=tuple(settings.temporal), n_background=settings.n_background,
+            connectivity=settings.connectivity, max_iter=settings.max_iter, tol=settings.tol,
+            certify=settings.certify, grow_rank=settings.grow_rank, max_grow=settings.max_grow,
+            certificate_tol=settings.certificate_tol, mask_threshold=settings.mask_threshold,
+            min_area=settings.min_area_fraction * area, max_area=settings.max_area_fraction * area,
+            seed=settings.seed, rho_noise=rho_noise, trace_null=q_trace)
+        workers = plan.workers
+        where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{workers} worker(s)"
+        log.info("%d x %d x %d frames at %.3g Hz; cell diameter %.1f px; tau %.3g s (%s); lambda %.3g; "
+                 "%d tiles of %d px (overlap %d); %d seeds; %s; estimated peak memory %s", T, H, W, fps,
+                 diameter, tau, tau_source, lam, len(tiles), tile_size, overlap, len(seeds), where,
+                 format_bytes(plan.peak))
+        if plan.changes:
+            log.info("to fit max_memory %s: %s", settings.max_memory or "(free memory)", "; ".join(plan.changes))
+        release_free_memory()       # the summary's batches: not held while the workers run
+        t0 = time.perf_counter()
+        fn = functools.partial(process_tile, movie=movie, ctx=ctx)
+        # tiles with more seeds take longer (more columns): started first, they do not finish last
+        m = 0.5 * diameter
+        cost = [int(np.count_nonzero((seeds[:, 0] >= t.y0 - m) & (seeds[:, 0] < t.y1 + m)
+                                     & (seeds[:, 1] >= t.x0 - m) & (seeds[:, 1] < t.x1 + m)))
+                if len(seeds) else 0 for t in tiles]
+        tile_results = run_tiles(fn, tiles, workers=workers, scheduler=settings.scheduler,
+                                 progress=lambda d, n: report("tiles", d, n), cost=cost,
+                                 pool=pool)
+        timings["tiles"] = time.perf_counter() - t0
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
     t0 = time.perf_counter()
     comps = [c for r in tile_results for c in r.components]

@@ -89,6 +89,18 @@ def test_tiles_are_submitted_costliest_first_and_results_stay_in_tile_order():
     assert run_tiles(_square, tiles, workers=2, cost=cost) == [t.index ** 2 for t in tiles]
 
 
+def test_a_pool_started_ahead_warms_up_and_runs_the_tiles():
+    from calseg.patches import _warm_up, start_pool
+
+    _warm_up()                                       # the warm-up itself runs cleanly here
+    tiles = plan_tiles(60, 60, 30, 8)
+    pool = start_pool(2)
+    try:
+        assert run_tiles(_square, tiles, pool=pool) == [t.index ** 2 for t in tiles]
+    finally:
+        pool.shutdown()
+
+
 def test_run_tiles_unreachable_scheduler_is_a_config_error():
     pytest.importorskip("distributed")
     from calseg.errors import ConfigError
