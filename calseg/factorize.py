@@ -212,11 +212,12 @@ def _grown_support(psi, image_shape, reach):
     psi = np.abs(np.asarray(psi, dtype=np.float64)).reshape(-1)
     if reach is None or not np.any(psi > 0):
         return np.ones(psi.size, dtype=bool)
-    h, w = image_shape
-    yy, xx = np.divmod(np.arange(psi.size), w)
+    from calseg.seeds import seed_support
+
+    yy, xx = np.divmod(np.arange(psi.size), image_shape[1])
     wts = np.where(psi >= 0.2 * psi.max(), psi, 0.0)
-    cy, cx = float(wts @ yy) / wts.sum(), float(wts @ xx) / wts.sum()
-    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= reach ** 2) | (psi > 0)
+    centroid = (float(wts @ yy) / wts.sum(), float(wts @ xx) / wts.sum())
+    return seed_support([centroid], image_shape, reach)[:, 0] | (psi > 0)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -43,6 +43,15 @@ class Tile:
     def shape(self) -> tuple[int, int]:
         return (self.y1 - self.y0, self.x1 - self.x0)
 
+    def near(self, points, margin: float):
+        """(n,) bool: which global (row, col) ``points`` lie in the window grown by ``margin``
+        on every side (e.g. seeds up to a cell radius outside it)."""
+        import numpy as np
+
+        p = np.asarray(points, dtype=float).reshape(-1, 2)
+        return ((p[:, 0] >= self.y0 - margin) & (p[:, 0] < self.y1 + margin)
+                & (p[:, 1] >= self.x0 - margin) & (p[:, 1] < self.x1 + margin))
+
     def owns(self, y: float, x: float) -> bool:
         """Whether the global point (y, x) lies in this tile's core."""
         return self.core_y0 <= y < self.core_y1 and self.core_x0 <= x < self.core_x1

@@ -232,10 +232,8 @@ def segment(movie, settings: Settings | None = None, *, progress=None) -> Result
         t0 = time.perf_counter()
         fn = functools.partial(process_tile, movie=movie, ctx=ctx)
         # tiles with more seeds take longer (more columns): started first, they do not finish last
-        m = 0.5 * diameter
-        cost = [int(np.count_nonzero((seeds[:, 0] >= t.y0 - m) & (seeds[:, 0] < t.y1 + m)
-                                     & (seeds[:, 1] >= t.x0 - m) & (seeds[:, 1] < t.x1 + m)))
-                if len(seeds) else 0 for t in tiles]
+        # (the seeds a tile starts from: those up to a cell radius outside its window)
+        cost = [int(np.count_nonzero(t.near(seeds, 0.5 * diameter))) for t in tiles]
         tile_results = run_tiles(fn, tiles, workers=workers, scheduler=settings.scheduler,
                                  progress=lambda d, n: report("tiles", d, n), cost=cost,
                                  pool=pool)

@@ -119,9 +119,6 @@ def _reused_batches(movie, batch_size):
             X[s - first:s - first + C.shape[0]] = C
         return first, X
 
-    if len(starts) == 1:
-        yield fill(0)
-        return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calseg-read") as reader:

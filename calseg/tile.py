@@ -174,9 +174,7 @@ def _process_tile(tile: Tile, *, movie, ctx: TileContext) -> TileResult:
     # seeds in the window and up to a cell radius outside it: a cell cut by the window's border
     # starts from its seed instead of being left to rank growth (it belongs to a neighbour)
     m = 0.5 * ctx.diameter
-    inside = ((ctx.seeds[:, 0] >= tile.y0 - m) & (ctx.seeds[:, 0] < tile.y1 + m)
-              & (ctx.seeds[:, 1] >= tile.x0 - m) & (ctx.seeds[:, 1] < tile.x1 + m)) \
-        if len(ctx.seeds) else np.zeros(0, bool)
+    inside = tile.near(ctx.seeds, m)
     local = ctx.seeds[inside] - np.array([tile.y0, tile.x0]) if np.any(inside) else np.zeros((0, 2), int)
     # initial factors from the data with the background projected out (of the traces they use)
     A0, Z0 = init_factors(Yn, (h, w), local, ctx.diameter, op.gamma, op.col_norms, background=F)

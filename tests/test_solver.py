@@ -225,7 +225,7 @@ def test_support_restricted_products_give_the_full_products_result(monkeypatch):
     support = np.stack([(np.abs(yy - 1) <= 1) & (np.abs(xx - 1) <= 1),
                         (np.abs(yy - 4) <= 1) & (np.abs(xx - 4) <= 1)], axis=1)
     assert bcd_module._SupportData.maybe(pre.DtY, support) is not None
-    np.testing.assert_allclose(bcd_module._SupportData(pre.DtY, support).t_times(np.ones((T, 1)))[:, 0],
+    np.testing.assert_allclose(bcd_module._SupportData.maybe(pre.DtY, support).t_times(np.ones((T, 1)))[:, 0],
                                np.where(support.any(axis=1), pre.DtY.sum(axis=0), 0.0), rtol=1e-6)
     A0 = np.random.default_rng(3).random((T, 2))
     kw = dict(lam=0.05, temporal=temporal, spatial=spatial, max_iter=40, tol=1e-10, support=support,

@@ -211,10 +211,10 @@ class _SupportData:
     (pruned columns, merged ones), so S stays a superset of it.
     """
 
-    def __init__(self, DtY, support):
+    def __init__(self, DtY, pixels):
         self.P = DtY.shape[1]
-        self.pixels = np.flatnonzero(support.any(axis=1))
-        self.block = np.ascontiguousarray(DtY[:, self.pixels].T)      # (|S|, T), data dtype
+        self.pixels = pixels
+        self.block = np.ascontiguousarray(DtY[:, pixels].T)      # (|S|, T), data dtype
 
     @classmethod
     def maybe(cls, DtY, support):
@@ -222,9 +222,8 @@ class _SupportData:
         smaller than ``_SUPPORT_FRACTION`` of the image, else None."""
         if support is None or support.shape[1] == 0 or support.all(axis=0).any():
             return None
-        if np.count_nonzero(support.any(axis=1)) > _SUPPORT_FRACTION * support.shape[0]:
-            return None
-        return cls(DtY, support)
+        pixels = np.flatnonzero(support.any(axis=1))
+        return cls(DtY, pixels) if pixels.size <= _SUPPORT_FRACTION * support.shape[0] else None
 
     def t_times(self, X):
         """``(D^T Y')^T X`` (P, r) float64, zero outside S."""
