@@ -308,6 +308,34 @@ def test_certificate_from_precomputed_data_matches_direct(with_background, dtype
     assert fast.status == direct.status
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spread", [False, True])
+def test_residual_correlation_from_precomputed_data(dtype, spread):
+    """W = D^T P (Y - D A Z^T) from the solver's D^T P Y, against the float64 formula, with
+    footprints on a few pixels (their columns updated) or most of them (one in-place BLAS
+    product over every pixel)."""
+    from calseg.certify.gap import _polar_data_pre
+    from calseg.model.objective import precompute
+    from calseg.model.temporal import DecayOperator
+
+    rng = np.random.default_rng(11)
+    T, P, r = 120, 300, 3
+    Y = rng.standard_normal((T, P)).astype(dtype)
+    op = DecayOperator.from_tau(T, 0.5, 10.0)
+    F = fourier_background(T, 3)
+    A = np.abs(rng.standard_normal((T, r)))
+    Z = np.zeros((P, r))
+    used = rng.random(P) < (0.9 if spread else 0.03)
+    Z[used] = np.abs(rng.standard_normal((int(used.sum()), r)))
+    W = _polar_data_pre(precompute(Y, op, F), op, A, Z, F)
+    assert W.dtype == dtype and W.flags.c_contiguous
+    Pm = np.eye(T) - F @ F.T
+    R = Pm @ (Y.astype(np.float64) - np.asarray(op.apply(A)) @ Z.T)
+    want = np.asarray(op.adjoint(R))
+    tol = 1e-10 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(W, want, atol=tol * np.abs(want).max())
+
+
 def test_certificate_reuses_a_given_lower_search():
     """``lower=``: growth's last search at the same point is the certificate's lower bound
     (its value recomputed there); the upper bounds and the gap are unchanged."""
