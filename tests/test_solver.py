@@ -241,6 +241,20 @@ def test_support_restricted_products_give_the_full_products_result(monkeypatch):
     assert bcd_module._SupportData.maybe(pre.DtY, np.column_stack([support, np.ones(P, bool)])) is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pixel_major_gather_kernel_matches_numpy(dtype):
+    # the support copy's kernel: rows of out = columns of X, in any order, across the kernel's
+    # pixel and frame blocks (sizes that are not multiples of them)
+    from calseg.model._kernels import gather_columns_t
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 97)).astype(dtype)
+    for cols in (np.arange(97), rng.permutation(97)[:41], np.array([96, 0, 5]), np.zeros(0, int)):
+        out = np.full((cols.size, 300), np.nan, dtype)
+        gather_columns_t(X, cols.astype(np.int64), out)
+        np.testing.assert_array_equal(out, X[:, cols].T)
+
+
 def test_merged_support_is_the_union_of_the_members():
     Z_old = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
     support = np.array([[True, False, False], [True, True, False], [False, True, True]])

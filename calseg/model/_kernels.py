@@ -88,3 +88,21 @@ def project_off(Y, Fd, C, F, Yp, yy, YpF):
             f = F[t, j]
             for p in range(c):
                 YpF[j, p] += f * np.float64(Yp[t, p])
+
+
+@njit
+def gather_columns_t(X, cols, out):
+    """``out[j, :] = X[:, cols[j]]``: columns of a C-ordered (T, P) array gathered into the rows
+    of ``out`` (len(cols), T), in cache-sized blocks of pixels x frames (numpy's
+    ``X[:, cols].T`` copy strides through X once per pixel: 2x slower on a 6,000-pixel gather
+    of a 3,000 x 10,000 tile)."""
+    T = X.shape[0]
+    m = cols.shape[0]
+    for j0 in range(0, m, 32):
+        j1 = min(j0 + 32, m)
+        for t0 in range(0, T, 256):
+            t1 = min(t0 + 256, T)
+            for j in range(j0, j1):
+                p = cols[j]
+                for t in range(t0, t1):
+                    out[j, t] = X[t, p]

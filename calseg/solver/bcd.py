@@ -214,7 +214,11 @@ class _SupportData:
     def __init__(self, DtY, pixels):
         self.P = DtY.shape[1]
         self.pixels = pixels
-        self.block = np.ascontiguousarray(DtY[:, pixels].T)      # (|S|, T), data dtype
+        from calseg.model._kernels import gather_columns_t
+
+        self.block = np.empty((pixels.size, DtY.shape[0]), dtype=DtY.dtype)   # (|S|, T)
+        gather_columns_t(np.ascontiguousarray(DtY), np.ascontiguousarray(pixels, np.int64),
+                         self.block)
 
     @classmethod
     def maybe(cls, DtY, support):
