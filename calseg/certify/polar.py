@@ -40,11 +40,15 @@ _EFFORT = {
     "high":     (16,    100,   24,          150,         10000),
 }
 _ROW_BLOCK = 512
-# rows of the TV row bound solved first, from their largest no-TV bounds down
-_ROWS_FIRST = 64
+# rows of the TV row bound solved first, from their largest no-TV bounds down (each from a cold
+# start, to tol: they set the pruning floor; 16 rather than 64 saved ~10 % of the row bound on
+# 102 px x 3000-frame tiles, the bound moving by < 1e-3 relative, within its tolerance)
+_ROWS_FIRST = 16
 # accuracy of the block maximisers inside the lower-bound search: only the feasible points are
 # used (their values are recomputed), so this trades bound quality for time, never validity
-_INNER_TOL = 1e-4
+# (1e-3 vs 1e-4 on 102 px x 3000-frame tiles: the atom found moved by < 1e-4 relative, the
+# search took 35 % less time where it found one to grow)
+_INNER_TOL = 1e-3
 
 
 def _effort(effort):
@@ -241,8 +245,8 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
             blk = blk[ub[blk] > max(best * (1 + tol), upper)]
             if blk.size == 0:
                 continue
-            VT = np.asarray(W[blk % T], dtype=np.float64)
-            VT[blk >= T] *= -1.0
+            VT = W[blk % T]                  # W's dtype: the kernels read float32 exactly
+            VT[blk >= T] *= -1
             lo, hi, XT, _ = _dual_tv_cert_rows(VT, spatial, tol=tol, floor=best, cap=upper,
                                                prune=True, max_iter=budget,
                                                inner0=2 if warm else 3, hi0=ub[blk], warm=warm)
