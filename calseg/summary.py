@@ -61,13 +61,36 @@ def _block_sums(X, block, nby, nbx):
 PEAK_BASELINE_BINS = 21
 
 
-def _smoothed_peak(X, bin_frames, sigma):
+def _in_parts(fn, n, pool, *, axis, out_shape, dtype):
+    """``fn(slice)`` over ``pool``'s threads on up to 2 parts of ``range(n)``, the results
+    joined along ``axis`` into a new array. For numpy/scipy steps that release the GIL and
+    work independently on each part (blurs of separate bins, per-pixel medians): the result is
+    the one-call result, bit for bit."""
+    out = np.empty(out_shape, dtype)
+    cuts = [0, n // 2, n] if pool is not None and n >= 2 else [0, n]
+    parts = [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+    idx = [slice(None)] * len(out_shape)
+
+    def run(sl):
+        idx_sl = list(idx)
+        idx_sl[axis] = sl
+        out[tuple(idx_sl)] = fn(sl)
+
+    if len(parts) == 1:
+        run(parts[0])
+    else:
+        list(pool.map(run, parts))
+    return out
+
+
+def _smoothed_peak(X, bin_frames, sigma, pool=None):
     """Max over time of the binned, blurred frames minus their running median, and the median
     absolute difference of consecutive binned frames (None with fewer than 3 bins), both (H, W).
 
     The running median spans ``PEAK_BASELINE_BINS`` bins (about ten decay times): neuropil and
     illumination drifts slower than that do not count as peaks, while a transient, a few bins
-    long, does not move the median."""
+    long, does not move the median. ``pool``: a thread pool that the binning, the blur and the
+    median run on in two parts (each half the time; same results)."""
     from scipy import ndimage
 
     t, H, W = X.shape
@@ -75,9 +98,13 @@ def _smoothed_peak(X, bin_frames, sigma):
     if nb == 0:
         Xb = X.mean(axis=0, keepdims=True)
     else:
-        Xb = X[:nb * bin_frames].reshape(nb, bin_frames, H, W).mean(axis=1)
+        Xb = _in_parts(lambda sl: X[:nb * bin_frames, sl].reshape(nb, bin_frames, -1, W).mean(axis=1),
+                       H, pool, axis=1, out_shape=(nb, H, W), dtype=X.dtype)
     if sigma > 0:
-        Xb = ndimage.gaussian_filter(Xb, sigma=(0, sigma, sigma), mode="nearest")
+        # (no blur along time: the bins are independent)
+        Xb = _in_parts(lambda sl: ndimage.gaussian_filter(Xb[sl], sigma=(0, sigma, sigma),
+                                                          mode="nearest"),
+                       Xb.shape[0], pool, axis=0, out_shape=Xb.shape, dtype=Xb.dtype)
     if Xb.shape[0] > PEAK_BASELINE_BINS:
         from ._summary_kernels import peak_over_running_median
 
@@ -85,7 +112,10 @@ def _smoothed_peak(X, bin_frames, sigma):
                                         PEAK_BASELINE_BINS)
     else:
         peak = (Xb.max(axis=0) - np.median(Xb, axis=0)).astype(np.float32)
-    nd = np.median(np.abs(np.diff(Xb, axis=0)), axis=0).astype(np.float32) if Xb.shape[0] >= 3 else None
+    nd = None
+    if Xb.shape[0] >= 3:
+        nd = _in_parts(lambda sl: np.median(np.abs(np.diff(Xb[:, sl], axis=0)), axis=0),
+                       H, pool, axis=0, out_shape=(H, W), dtype=np.float32)
     return peak, nd
 
 
@@ -153,6 +183,8 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
         area, where a single pixel's does not. 0 keeps the per-pixel running-mean peak.
     progress : callable(done_frames, total_frames) or None
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from ._summary_kernels import batch_stats
 
     T, H, W = movie.shape
@@ -176,26 +208,28 @@ def summarize(movie, *, block: int = 16, batch_size: int = 500, smooth_frames: i
     smoothed = bin_frames > 1 or peak_sigma > 0
     peak_noise = []
     done = 0
-    for start, X in _reused_batches(movie, batch_size):
-        t = X.shape[0]
-        coarse[start:start + t] = _block_sums(X, block, nby, nbx) / counts
-        batch_stats(X, k, not smoothed, b_s1, b_ss, b_cross, b_dmed, b_med, b_peak)
-        if t >= 2:
-            noise_parts.append((b_dmed * _MAD_TO_SD, t))
-        s1 += b_s1
-        s2 += b_ss
-        half += b_cross
-        # the peak is measured against each batch's own median (slow drifts do not count)
-        if smoothed:
-            pr, nd = _smoothed_peak(X, bin_frames, peak_sigma)
-            np.maximum(peak_raw, pr, out=peak_raw)
-            if nd is not None:
-                peak_noise.append(nd)
-        else:
-            np.maximum(peak_raw, b_peak, out=peak_raw)
-        done += t
-        if progress is not None:
-            progress(done, T)
+    # two threads for the numpy/scipy steps of the smoothed peak (the kernels are numba-parallel)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="calseg-summary") as pool:
+        for start, X in _reused_batches(movie, batch_size):
+            t = X.shape[0]
+            coarse[start:start + t] = _block_sums(X, block, nby, nbx) / counts
+            batch_stats(X, k, not smoothed, b_s1, b_ss, b_cross, b_dmed, b_med, b_peak)
+            if t >= 2:
+                noise_parts.append((b_dmed * _MAD_TO_SD, t))
+            s1 += b_s1
+            s2 += b_ss
+            half += b_cross
+            # the peak is measured against each batch's own median (slow drifts do not count)
+            if smoothed:
+                pr, nd = _smoothed_peak(X, bin_frames, peak_sigma, pool)
+                np.maximum(peak_raw, pr, out=peak_raw)
+                if nd is not None:
+                    peak_noise.append(nd)
+            else:
+                np.maximum(peak_raw, b_peak, out=peak_raw)
+            done += t
+            if progress is not None:
+                progress(done, T)
     if done == 0:
         raise ValueError("movie has no frames")
     mean = (s1 / done).astype(np.float32)
