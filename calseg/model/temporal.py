@@ -100,9 +100,7 @@ class DecayOperator:
             g, d = self.gamma, rise_gamma
             self._b = np.array([1.0])
             self._a = np.array([1.0, -(g + d), g * d])
-            impulse = np.zeros(T)
-            impulse[0] = 1.0
-            h = _lfilter(self._b, self._a, impulse)
+            h = _impulse_response(self._a, T)
             cum = np.cumsum(h * h)
             norms_sq = cum[::-1]  # column j sees h[0 .. T-1-j]
         self.col_norms = np.sqrt(norms_sq)
@@ -137,9 +135,7 @@ class DecayOperator:
 
     def kernel(self):
         """The unscaled kernel h of length T (h[0] = 1)."""
-        impulse = np.zeros(self.n_frames)
-        impulse[0] = 1.0
-        return _lfilter(self._b, self._a, impulse)
+        return _impulse_response(self._a, self.n_frames)
 
     def apply(self, X):
         """D X.
@@ -219,10 +215,19 @@ def _positive(name, value):
     return v
 
 
-def _lfilter(b, a, x):
-    from scipy.signal import lfilter
-
-    return lfilter(b, a, x, axis=0)
+def _impulse_response(a, n):
+    """The first ``n`` samples of the impulse response of ``1 / (a[0] + a[1] z^-1 + ...)``
+    (``a[0] = 1``), by its recursion: ``scipy.signal.lfilter([1], a, impulse)`` without importing
+    scipy.signal (a second of a run's single-threaded start, in every worker too)."""
+    coef = [-float(c) for c in a[1:]]
+    h = [0.0] * n
+    for t in range(n):
+        v = 1.0 if t == 0 else 0.0
+        for k, c in enumerate(coef, start=1):
+            if t >= k:
+                v += c * h[t - k]
+        h[t] = v
+    return np.array(h)
 
 
 def _operator_norm_sq(op):
