@@ -332,13 +332,25 @@ def estimate_tau(movie_or_traces, fps: float, *, n_pixels: int = 200, summary: S
         T, H, W = movie.shape
         stop = min(T, max_frames)
         if seeds is not None and len(seeds):
+            from .io.cache import slow_tile_reads
+
             pts = np.asarray(seeds)[: max(1, min(n_pixels // 4, n_seeds))]
             cols = []
-            for _, X in movie.iter_batches(batch_size, stop=stop, dtype=np.float32):
-                block = np.empty((X.shape[0], len(pts)), np.float32)
+            if slow_tile_reads(movie, len(pts) + 1) is None:
+                # each seed's 3 x 3 window alone (a raw file reads only those rows: 0.1 s
+                # instead of a 1.5 s pass over every whole frame of a 512^2 x 3000 recording)
+                block = np.empty((stop, len(pts)), np.float32)
                 for j, (r, c) in enumerate(pts):
-                    block[:, j] = X[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean(axis=(1, 2))
+                    X = movie.read(0, stop, rows=slice(max(r - 1, 0), min(r + 2, H)),
+                                   cols=slice(max(c - 1, 0), min(c + 2, W)), dtype=np.float32)
+                    block[:, j] = X.mean(axis=(1, 2))
                 cols.append(block)
+            else:
+                for _, X in movie.iter_batches(batch_size, stop=stop, dtype=np.float32):
+                    block = np.empty((X.shape[0], len(pts)), np.float32)
+                    for j, (r, c) in enumerate(pts):
+                        block[:, j] = X[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2].mean(axis=(1, 2))
+                    cols.append(block)
         else:
             score = summary.correlation if summary is not None else np.ones((H, W))
             flat = np.argsort(score.ravel())[::-1][:n_pixels]

@@ -100,3 +100,29 @@ def test_read_ahead_gives_the_summary_of_plain_sequential_batches(batch, monkeyp
     plain = summarize(movie, **kw)
     for name in ("mean", "noise", "correlation", "peak", "coarse"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(plain, name), err_msg=name)
+
+
+def test_tau_from_seed_windows_equals_the_pass_over_whole_frames(monkeypatch):
+    """A movie whose windows read cheaply gives each seed's 3 x 3 trace by a window read;
+    otherwise (compressed pages) one pass over whole frames: the same traces, the same tau
+    (seeds at the borders included)."""
+    import calseg.io.cache as cache
+    from calseg.summary import estimate_tau
+
+    rng = np.random.default_rng(4)
+    T, H, W, fps, tau = 900, 20, 24, 20.0, 0.6
+    Y = 10 + rng.standard_normal((T, H, W)).astype(np.float32)
+    seeds = np.array([[5, 6], [0, 0], [19, 23], [12, 17]])
+    g = np.exp(-1 / (fps * tau))
+    for r, c in seeds:
+        s = (rng.random(T) < 0.03) * 8.0
+        trace = np.zeros(T)
+        for t in range(T):
+            trace[t] = s[t] + (g * trace[t - 1] if t else 0.0)
+        Y[:, max(r - 1, 0):r + 2, max(c - 1, 0):c + 2] += trace[:, None, None].astype(np.float32)
+    movie = ArrayMovie(Y, fps=fps)
+    windows = estimate_tau(movie, fps, seeds=seeds, batch_size=128)
+    monkeypatch.setattr(cache, "slow_tile_reads", lambda m, n: "compressed")
+    frames = estimate_tau(movie, fps, seeds=seeds, batch_size=128)
+    assert windows == frames
+    assert windows == pytest.approx(tau, rel=0.25)
