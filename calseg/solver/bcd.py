@@ -206,13 +206,14 @@ class _SupportData:
 
     With every footprint restricted to a disk around its seed, the Z-step's gradient is only
     needed there (it is zero outside each column's support, where ``Z_i`` stays zero) and
-    ``D^T Y' Z`` only reads those pixels: both products per iteration then cost |S| / P of
-    the whole tile's, and read contiguous memory. The support only shrinks during a run
-    (pruned columns, merged ones), so S stays a superset of it.
+    ``D^T Y' Z`` only reads those pixels: it reads the block's rows where Z is nonzero, the
+    gradient reads each column's support in ``D^T Y'`` itself (frames with spikes only). The
+    support only shrinks during a run (pruned columns, merged ones), so S stays a superset.
     """
 
     def __init__(self, DtY, pixels):
         self.P = DtY.shape[1]
+        self.DtY = np.ascontiguousarray(DtY)
         self.pixels = pixels
         from calseg.model._kernels import gather_columns_t
 
@@ -229,10 +230,15 @@ class _SupportData:
         pixels = np.flatnonzero(support.any(axis=1))
         return cls(DtY, pixels) if pixels.size <= _SUPPORT_FRACTION * support.shape[0] else None
 
-    def t_times(self, X):
-        """``(D^T Y')^T X`` (P, r) float64, zero outside S."""
+    def t_times(self, X, support):
+        """``(D^T Y')^T X`` (P, r) float64 on each column's ``support`` (P, r), zero elsewhere:
+        from ``D^T Y'`` itself, frame by frame, reading only the supports' pixels of the
+        frames where ``X`` is nonzero (:func:`calseg.model._kernels.runs_t_times`)."""
+        from calseg.model._kernels import runs_t_times
+
         out = np.zeros((self.P, X.shape[1]))
-        out[self.pixels] = self.block @ np.asarray(X, dtype=self.block.dtype)
+        runs_t_times(self.DtY, np.ascontiguousarray(X, dtype=np.float64), *_support_runs(support),
+                     out)
         return out
 
     def times(self, Z):
@@ -246,6 +252,20 @@ class _SupportData:
             idx = rows[s:s + _GATHER_ROWS]
             out += Zs[idx].T @ self.block[idx]
         return np.asarray(out, dtype=np.float64).T
+
+
+def _support_runs(support):
+    """Runs of consecutive True pixels in each column of ``support`` (P, r): ``(cptr, rstart,
+    rlen, roff)`` as :func:`calseg.model._kernels.runs_t_times` takes them (int64)."""
+    m = np.zeros((support.shape[1], support.shape[0] + 2), dtype=np.int8)
+    m[:, 1:-1] = support.T
+    d = np.diff(m, axis=1)
+    col, start = np.nonzero(d == 1)             # row-major: columns in order, runs in order
+    _, end = np.nonzero(d == -1)
+    rlen = (end - start).astype(np.int64)
+    roff = np.concatenate([[0], np.cumsum(rlen)[:-1]]).astype(np.int64)
+    cptr = np.searchsorted(col, np.arange(support.shape[1] + 1)).astype(np.int64)
+    return cptr, start.astype(np.int64), rlen, roff
 
 
 def prune_zero_columns(A, Z):
@@ -476,7 +496,7 @@ def bcd(pre, op, A0, Z0, *, lam, temporal, spatial, B0=None, max_iter=500, tol=1
             sf = support.astype(np.float32)
             coupled = (sf.T @ sf) > 0      # columns whose footprints can share a pixel
         LZ = _diag_lipschitz(M, coupled)
-        cross_Z = _big_t_times(DtY, A) if fast is None else fast.t_times(A)
+        cross_Z = _big_t_times(DtY, A) if fast is None else fast.t_times(A, support)
         if F_k:
             cross_Z -= Bp @ (pre.DtF.T @ A)
         if support is not None:
