@@ -547,15 +547,18 @@ _WARM_WAVE = 4
 
 
 def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_iter=20000,
-                       inner0=20, hi0=None, warm=False):
+                       inner0=20, hi0=None, warm=False, lo0=None):
     """:func:`_dual_tv_cert` on the rows of ``VT`` (m, n) (float32 or float64, C order): images
     stored contiguously, e.g. rows of a residual correlation ``W``; no transposes.
 
     ``cap`` (with ``prune``): also abandon images whose upper end is at or below it (an upper
     bound already established elsewhere: they cannot raise the maximum). ``warm``: the rows
     follow each other closely (e.g. consecutive frames of ``W``): runs of consecutive rows
-    warm-start each row's TV dual from the row before (:func:`calseg.certify._kernels.cert_rows_warm`). Returns
-    ``(lo, hi, XT, best)``, ``XT`` (m, n).
+    warm-start each row's TV dual from the row before (:func:`calseg.certify._kernels.cert_rows_warm`). ``lo0``:
+    the rows' single-pixel lower values when already known (e.g. from
+    :func:`calseg.certify._kernels.rows_no_tv`); their maximisers are then not stored (the
+    rows of ``XT`` that no round improved stay zero). Returns ``(lo, hi, XT, best)``, ``XT``
+    (m, n).
     """
     from calseg.certify import _kernels as K
 
@@ -569,10 +572,13 @@ def _dual_tv_cert_rows(VT, norm, *, tol, floor=None, cap=None, prune=False, max_
     m, n = VT.shape
     hi = _dual_no_tv(np.asarray(VT.T, dtype=np.float64), a, b, nonneg, want_x=False)[0] \
         if hi0 is None else np.array(hi0, dtype=np.float64)
-    lo = np.empty(m)                     # single-pixel atoms: the starting lower ends
     XT = np.zeros((m, n))
-    cost = pixel_costs(norm, n)
-    K.single_pixel_rows(VT, np.ascontiguousarray(cost, dtype=np.float64), nonneg, lo, XT)
+    if lo0 is None:
+        lo = np.empty(m)                 # single-pixel atoms: the starting lower ends
+        cost = pixel_costs(norm, n)
+        K.single_pixel_rows(VT, np.ascontiguousarray(cost, dtype=np.float64), nonneg, lo, XT)
+    else:
+        lo = np.array(lo0, dtype=np.float64)
     best = max(-np.inf if floor is None else float(floor), float(np.max(lo)) if m else -np.inf)
     # float32 halves the memory traffic of the inner solver; it limits the dual accuracy to
     # ~1e-6 relative, so high-accuracy requests stay in float64

@@ -247,14 +247,18 @@ def _rows_sandwich(W, temporal, spatial, *, tol, budget):
                 continue
             VT = W[blk % T]                  # W's dtype: the kernels read float32 exactly
             VT[blk >= T] *= -1
+            # (the single-pixel lower ends are rows_lo's: not computed again)
             lo, hi, XT, _ = _dual_tv_cert_rows(VT, spatial, tol=tol, floor=best, cap=upper,
                                                prune=True, max_iter=budget,
-                                               inner0=2 if warm else 3, hi0=ub[blk], warm=warm)
+                                               inner0=2 if warm else 3, hi0=ub[blk], warm=warm,
+                                               lo0=rows_lo[blk])
             rows_lo[blk] = np.maximum(rows_lo[blk], lo)
             upper = max(upper, float(np.max(hi)))
             j = int(np.argmax(lo))
             if lo[j] > best:
-                best, kb, xb = float(lo[j]), int(blk[j]), XT[j].copy()
+                # a row no round improved keeps its single-pixel atom (XT row zero): rebuilt below
+                best, kb = float(lo[j]), int(blk[j])
+                xb = XT[j].copy() if np.any(XT[j]) else None
     if xb is None:                       # best is the single-pixel atom of row kb
         sg = 1.0 if kb < T else -1.0
         v = sg * np.asarray(W[kb % T], dtype=np.float64)
