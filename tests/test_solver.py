@@ -175,8 +175,11 @@ def test_data_products_match_dense_float64(fraction):
     assert got.dtype == np.float64 and got.shape == (517, 6)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max()))
     A = rng.random((517, 4))
+    A[rng.random(517) >= fraction] = 0.0                      # spike trains: few nonzero frames
     refT = M.T.astype(np.float64) @ A.astype(np.float32).astype(np.float64)
-    np.testing.assert_allclose(_big_t_times(M, A), refT, rtol=0, atol=1e-4 * np.abs(refT).max())
+    gotT = _big_t_times(M, A)
+    assert gotT.dtype == np.float64 and gotT.shape == (803, 4)
+    np.testing.assert_allclose(gotT, refT, rtol=0, atol=1e-4 * max(1.0, np.abs(refT).max()))
 
 
 def test_support_keeps_each_footprint_inside_its_set_and_stays_aligned():
